@@ -1,0 +1,70 @@
+"""The ``bevkd`` console script: one command, many subcommands.
+
+Each subcommand lives in its own module ``pipeline.cmd_<name>`` exposing
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when their
+subcommand runs, so ``bevkd --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help). Order is the order of `bevkd --help`.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.cmd_demo", "run the end-to-end job on generated data and write a report"),
+    "synth": ("pipeline.cmd_synth", "generate a nuScenes-format dataset (devkit-loadable)"),
+    "info": ("pipeline.cmd_info", "summarise a dataset (nuScenes dataroot or mmdet3d info file)"),
+    "train-teacher": ("pipeline.cmd_train_teacher", "train a reference teacher and evaluate it with the devkit"),
+    "cache": ("pipeline.cmd_cache", "run a teacher once over a dataset into a target cache (Ray)"),
+    "inspect": ("pipeline.cmd_inspect", "summarise a target cache: teacher, grid, rows, bytes per target"),
+    "verify": ("pipeline.cmd_verify", "re-read every committed row of a cache and check its checksums"),
+    "train": ("pipeline.cmd_train", "train a camera-only student from a cache"),
+    "show": ("pipeline.cmd_show", "render what the teacher stored for one sample"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {k: v for k, v in SUBCOMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bevkd",
+        description="Cache a LiDAR teacher's distillation targets once (offline, on Ray) and train "
+                    "camera-only BEV students from the cache.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in _available().items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        mod = importlib.import_module(module) if name == _requested() else None
+        if mod is not None:
+            mod.add_arguments(p)
+    return parser
+
+
+_REQUESTED: list[str | None] = [None]
+
+
+def _requested() -> str | None:
+    return _REQUESTED[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _REQUESTED[0] = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

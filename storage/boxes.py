@@ -1,0 +1,177 @@
+"""The one 3D box layout of bevkd and every conversion into it (STYLE.md §10).
+
+Layout: ``(N, 9) [x, y, z, l, w, h, yaw, vx, vy]`` float64 — gravity centre (m), length
+along the box's heading, width, height (m), yaw counter-clockwise from +x (rad), velocity
+(m/s) in the same frame as the centre.
+
+Source layouts converted here and only here:
+
+* nuScenes: ``translation`` (global, m), ``size`` = ``wlh``, ``rotation`` quaternion (w, x, y, z),
+  velocity (global, m/s) — :func:`boxes_from_nuscenes` / :func:`boxes_to_nuscenes`.
+* mmdetection3d v1.1 infos: ``bbox_3d = [x, y, z, l, w, h, yaw]`` LiDAR frame, gravity centre —
+  :func:`boxes_from_mmdet3d_v1`.
+* mmdetection3d v0.x infos: ``gt_boxes = [x, y, z, w, l, h, yaw_v0]`` with
+  ``yaw = -yaw_v0 - pi/2`` — :func:`boxes_from_mmdet3d_v0`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.transforms import apply_transform, invert_transform, quaternion_from_rotation, rotation_from_quaternion, yaw_of
+
+BOX_DIM = 9
+BOX_FIELDS = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
+
+
+def wrap_angle(yaw: np.ndarray) -> np.ndarray:
+    """Angles wrapped to ``[-pi, pi)``."""
+    return (np.asarray(yaw) + np.pi) % (2 * np.pi) - np.pi
+
+
+def _check(boxes: np.ndarray, name: str = "boxes") -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != BOX_DIM:
+        raise ValueError(f"{name}: expected (N, {BOX_DIM}) [x,y,z,l,w,h,yaw,vx,vy], got shape {b.shape}")
+    return b
+
+
+def boxes_from_nuscenes(translation: np.ndarray, size_wlh: np.ndarray, rotation_wxyz: np.ndarray,
+                        velocity: np.ndarray, dst_from_global: np.ndarray) -> np.ndarray:
+    """nuScenes annotations (global frame) to ``(N, 9)`` boxes in ``dst``.
+
+    Args:
+        translation: ``(N, 3)`` box centres, global frame, m.
+        size_wlh: ``(N, 3)`` width, length, height, m.
+        rotation_wxyz: ``(N, 4)`` quaternions, global frame.
+        velocity: ``(N, 2)`` or ``(N, 3)`` global-frame m/s (NaN allowed, kept as NaN -> 0).
+        dst_from_global: ``(4, 4)`` e.g. ``lidar_from_global``.
+    """
+    n = len(translation)
+    out = np.zeros((n, BOX_DIM), dtype=np.float64)
+    if n == 0:
+        return out
+    out[:, :3] = apply_transform(dst_from_global, np.asarray(translation))
+    wlh = np.asarray(size_wlh, dtype=np.float64)
+    out[:, 3], out[:, 4], out[:, 5] = wlh[:, 1], wlh[:, 0], wlh[:, 2]
+    rot = dst_from_global[:3, :3]
+    for i, q in enumerate(np.asarray(rotation_wxyz)):
+        heading = rot @ rotation_from_quaternion(q)[:, 0]
+        out[i, 6] = np.arctan2(heading[1], heading[0])
+    vel = np.nan_to_num(np.asarray(velocity, dtype=np.float64)[:, :2])
+    v3 = np.concatenate([vel, np.zeros((n, 1))], axis=1) @ rot.T
+    out[:, 7:9] = v3[:, :2]
+    out[:, 6] = wrap_angle(out[:, 6])
+    return out
+
+
+def boxes_to_nuscenes(boxes: np.ndarray, global_from_src: np.ndarray) -> dict[str, np.ndarray]:
+    """Inverse of :func:`boxes_from_nuscenes`: ``translation (N,3)``, ``size`` wlh ``(N,3)``,
+    ``rotation`` wxyz ``(N,4)``, ``velocity (N,2)``, all global frame."""
+    b = _check(boxes)
+    rot = global_from_src[:3, :3]
+    translation = apply_transform(global_from_src, b[:, :3])
+    size = b[:, [4, 3, 5]]
+    yaw_offset = yaw_of(global_from_src)
+    rotation = np.zeros((len(b), 4))
+    for i, yaw in enumerate(b[:, 6]):
+        g = yaw + yaw_offset
+        rotation[i] = quaternion_from_rotation(
+            np.array([[np.cos(g), -np.sin(g), 0], [np.sin(g), np.cos(g), 0], [0, 0, 1.0]]))
+    v3 = np.concatenate([b[:, 7:9], np.zeros((len(b), 1))], axis=1) @ rot.T
+    return {"translation": translation, "size": size, "rotation": rotation, "velocity": v3[:, :2]}
+
+
+def boxes_from_mmdet3d_v1(bbox_3d: np.ndarray, velocity: np.ndarray | None = None) -> np.ndarray:
+    """mmdet3d v1.1 ``[x, y, z, l, w, h, yaw]`` (gravity centre, LiDAR) + ``(N, 2)`` velocity."""
+    b = np.asarray(bbox_3d, dtype=np.float64).reshape(-1, 7)
+    v = np.zeros((len(b), 2)) if velocity is None else np.nan_to_num(np.asarray(velocity, dtype=np.float64).reshape(-1, 2))
+    out = np.concatenate([b, v], axis=1)
+    out[:, 6] = wrap_angle(out[:, 6])
+    return out
+
+
+def boxes_to_mmdet3d_v1(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 7)`` mmdet3d v1.1 boxes and ``(N, 2)`` velocities."""
+    b = _check(boxes)
+    return b[:, :7].copy(), b[:, 7:9].copy()
+
+
+def boxes_from_mmdet3d_v0(gt_boxes: np.ndarray, velocity: np.ndarray | None = None) -> np.ndarray:
+    """mmdet3d v0.x info ``[x, y, z, w, l, h, yaw_v0]`` (gravity centre) to bevkd boxes.
+
+    v0.x stored ``yaw_v0 = -yaw - pi/2`` and ``w`` before ``l`` (mmdet3d v1.0 coordinate
+    refactor notes), so ``yaw = -yaw_v0 - pi/2``.
+    """
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 7)
+    v1 = b[:, [0, 1, 2, 4, 3, 5, 6]].copy()
+    v1[:, 6] = -b[:, 6] - np.pi / 2
+    return boxes_from_mmdet3d_v1(v1, velocity)
+
+
+def transform_boxes(boxes: np.ndarray, dst_from_src: np.ndarray) -> np.ndarray:
+    """Boxes in ``src`` to ``dst`` by a transform whose rotation is about z (plus translation).
+
+    Centres are transformed, yaw is offset by the transform's yaw, velocities rotated.
+    A uniform scale in the upper-left block (BEV augmentation) scales centres and sizes.
+    """
+    b = _check(boxes).copy()
+    if len(b) == 0:
+        return b
+    lin = dst_from_src[:3, :3]
+    scale = float(np.cbrt(abs(np.linalg.det(lin))))
+    b[:, :3] = apply_transform(dst_from_src, b[:, :3])
+    b[:, 3:6] *= scale
+    heading = np.stack([np.cos(b[:, 6]), np.sin(b[:, 6]), np.zeros(len(b))], axis=1) @ lin.T
+    b[:, 6] = np.arctan2(heading[:, 1], heading[:, 0])
+    v3 = np.concatenate([b[:, 7:9], np.zeros((len(b), 1))], axis=1) @ lin.T
+    b[:, 7:9] = v3[:, :2]
+    return b
+
+
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """``(N, 8, 3)`` corners. Order: bottom face (z - h/2) CCW from (+l/2, +w/2), then top face."""
+    b = _check(boxes)
+    sx = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
+    sy = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
+    sz = np.array([-1, -1, -1, -1, 1, 1, 1, 1]) * 0.5
+    local = np.stack([sx[None] * b[:, 3:4], sy[None] * b[:, 4:5], sz[None] * b[:, 5:6]], axis=-1)
+    c, s = np.cos(b[:, 6])[:, None], np.sin(b[:, 6])[:, None]
+    x = local[..., 0] * c - local[..., 1] * s
+    y = local[..., 0] * s + local[..., 1] * c
+    return np.stack([x, y, local[..., 2]], axis=-1) + b[:, None, :3]
+
+
+def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """``(P, N)`` bool: point ``p`` lies inside box ``n`` (closed faces).
+
+    Args:
+        points: ``(P, >=3)`` xyz in the boxes' frame, m.
+        boxes: ``(N, 9)``.
+    """
+    b = _check(boxes)
+    p = np.asarray(points, dtype=np.float64)[:, :3]
+    if len(b) == 0 or len(p) == 0:
+        return np.zeros((len(p), len(b)), dtype=bool)
+    d = p[:, None, :] - b[None, :, :3]  # (P, N, 3)
+    c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
+    lx = d[..., 0] * c + d[..., 1] * s
+    ly = -d[..., 0] * s + d[..., 1] * c
+    return ((np.abs(lx) <= b[:, 3] / 2) & (np.abs(ly) <= b[:, 4] / 2) & (np.abs(d[..., 2]) <= b[:, 5] / 2))
+
+
+def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """``(N,)`` int64 number of points inside each box (chunked to bound memory)."""
+    b = _check(boxes)
+    counts = np.zeros(len(b), dtype=np.int64)
+    p = np.asarray(points)
+    for start in range(0, len(p), chunk):
+        counts += points_in_boxes(p[start:start + chunk], b).sum(axis=0)
+    return counts
+
+
+__all__ = [
+    "BOX_DIM", "BOX_FIELDS", "box_corners", "boxes_from_mmdet3d_v0", "boxes_from_mmdet3d_v1",
+    "boxes_from_nuscenes", "boxes_to_mmdet3d_v1", "boxes_to_nuscenes", "count_points_in_boxes",
+    "points_in_boxes", "transform_boxes", "wrap_angle", "invert_transform",
+]

@@ -1,0 +1,1 @@
+"""The camera-only student, its distillation losses, streaming dataset and trainer."""

@@ -1,0 +1,1 @@
+"""Teacher models (pure nn.Modules) and network-free target builders."""
