@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage.transforms import apply_transform, invert_transform, quaternion_from_rotation, rotation_from_quaternion, yaw_of
+from storage.transforms import apply_transform, invert_transform, rotation_from_quaternion
 
 BOX_DIM = 9
 BOX_FIELDS = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
@@ -67,19 +67,28 @@ def boxes_from_nuscenes(translation: np.ndarray, size_wlh: np.ndarray, rotation_
 
 def boxes_to_nuscenes(boxes: np.ndarray, global_from_src: np.ndarray) -> dict[str, np.ndarray]:
     """Inverse of :func:`boxes_from_nuscenes`: ``translation (N,3)``, ``size`` wlh ``(N,3)``,
-    ``rotation`` wxyz ``(N,4)``, ``velocity (N,2)``, all global frame."""
+    ``rotation`` wxyz ``(N,4)`` (yaw-only in global), ``velocity (N,2)``, all global frame.
+
+    Exact inverse also when ``src`` is tilted against global (pitch/roll of the ego pose):
+    the global yaw is the one whose heading :func:`boxes_from_nuscenes` maps back onto ``yaw``,
+    and the global xy velocity solves the 2x2 map that function applies.
+    """
     b = _check(boxes)
-    rot = global_from_src[:3, :3]
+    rot_sg = np.linalg.inv(np.asarray(global_from_src, dtype=np.float64)[:3, :3])  # src_from_global
     translation = apply_transform(global_from_src, b[:, :3])
     size = b[:, [4, 3, 5]]
-    yaw_offset = yaw_of(global_from_src)
+    c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
+    # Global headings h (z = 0) with rot_sg @ h along (c, s): h is orthogonal to rot_sg^T @ (-s, c, 0).
+    m = np.stack([-s, c, np.zeros_like(c)], axis=1) @ rot_sg
+    h = np.stack([m[:, 1], -m[:, 0], np.zeros_like(c)], axis=1)
+    forward = np.einsum("nk,nk->n", h @ rot_sg.T, np.stack([c, s, np.zeros_like(c)], axis=1))
+    h *= np.where(forward < 0, -1.0, 1.0)[:, None]
+    g = np.arctan2(h[:, 1], h[:, 0])
     rotation = np.zeros((len(b), 4))
-    for i, yaw in enumerate(b[:, 6]):
-        g = yaw + yaw_offset
-        rotation[i] = quaternion_from_rotation(
-            np.array([[np.cos(g), -np.sin(g), 0], [np.sin(g), np.cos(g), 0], [0, 0, 1.0]]))
-    v3 = np.concatenate([b[:, 7:9], np.zeros((len(b), 1))], axis=1) @ rot.T
-    return {"translation": translation, "size": size, "rotation": rotation, "velocity": v3[:, :2]}
+    rotation[:, 0], rotation[:, 3] = np.cos(g / 2), np.sin(g / 2)
+    rotation[rotation[:, 0] < 0] *= -1
+    velocity = np.linalg.solve(rot_sg[:2, :2], b[:, 7:9].T).T if len(b) else np.zeros((0, 2))
+    return {"translation": translation, "size": size, "rotation": rotation, "velocity": velocity}
 
 
 def boxes_from_mmdet3d_v1(bbox_3d: np.ndarray, velocity: np.ndarray | None = None) -> np.ndarray:
