@@ -83,12 +83,16 @@ class CenterHeadConfig:
 
 
 class ConvBNReLU(nn.Module):
-    """3x3 conv (no bias) + BatchNorm + ReLU; submodule names ``conv``/``bn`` as mmcv ``ConvModule``."""
+    """3x3 conv (no bias) + BatchNorm + ReLU; submodule names ``conv``/``bn`` as mmcv ``ConvModule``.
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1) -> None:
+    BN defaults are mmdet3d CenterHead's (``BN2d``: eps 1e-5, momentum 0.1).
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, eps: float = 1e-5,
+                 momentum: float = 0.1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01)
+        self.bn = nn.BatchNorm2d(c_out, eps=eps, momentum=momentum)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
