@@ -3,7 +3,8 @@
 ``pickle.load`` calls whatever callable a pickle names (``os.system``, ``subprocess.Popen``,
 ...). Info files come from other people's disks, so :func:`safe_load` uses an unpickler whose
 ``find_class`` admits only plain-data builtins and the few numpy callables that rebuild arrays,
-dtypes and scalars. Anything else raises :class:`~storage.errors.UnsafePickleError` *before*
+dtypes and scalars (``_reconstruct``, ``_frombuffer``, ``scalar``, ``ndarray``, ``dtype`` in both
+numpy 1 ``numpy.core`` and numpy 2 ``numpy._core`` spellings). Anything else raises :class:`~storage.errors.UnsafePickleError` *before*
 the callable is fetched, so nothing named by the file is ever called.
 """
 
@@ -35,10 +36,12 @@ def _numpy_callables() -> dict[str, Any]:
     # (``numpy.core``) and numpy 2 (``numpy._core``) spellings.
     reconstruct = np.zeros(1).__reduce__()[0]
     scalar = np.float64(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 rebuilds arrays from a bytes buffer
     out: dict[str, Any] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
-    for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[f"{core}._reconstruct"] = reconstruct
-        out[f"{core}.scalar"] = scalar
+    for core in ("numpy.core", "numpy._core"):
+        out[f"{core}.multiarray._reconstruct"] = reconstruct
+        out[f"{core}.multiarray.scalar"] = scalar
+        out[f"{core}.numeric._frombuffer"] = frombuffer
     return out
 
 
@@ -60,6 +63,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module: str, name: str) -> Callable[..., Any]:
+        if module == "__builtin__":  # protocol < 3 pickles spell builtins the Python 2 way
+            module = "builtins"
         key = f"{module}.{name}"
         if key not in _ALLOWED:
             err = UnsafePickleError(
