@@ -28,3 +28,25 @@ class UnsafePickleError(Exception):
 
 class CacheMismatchError(Exception):
     """A cache's schema, grid, dataset or teacher differs from what the caller asked for."""
+
+
+class CacheRowError(LookupError):
+    """A cache row is not readable: not committed yet, or committed as failed (with its reason)."""
+
+
+class CacheCorruptError(Exception):
+    """A committed cache row fails its checksum or cannot be decoded.
+
+    The message reads ``sample <token>: target <name> corrupt at <key path>: <problem>``;
+    ``sample_token``, ``target`` and ``path`` are kept as attributes.
+    """
+
+    def __init__(self, sample_token: str, target: str, path: str, problem: str) -> None:
+        self.sample_token = sample_token
+        self.target = target
+        self.path = path
+        self.problem = problem
+        super().__init__(f"sample {sample_token}: target {target} corrupt at {path}: {problem}")
+
+    def __reduce__(self):  # keep attributes across pickling (DataLoader workers)
+        return (CacheCorruptError, (self.sample_token, self.target, self.path, self.problem))

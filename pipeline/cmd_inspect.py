@@ -1,0 +1,31 @@
+"""``bevkd inspect CACHE``: teacher, grid, rows ok/failed, bytes per sample per target, reuse hints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from storage.cache.inspect import format_summary, inspect_cache
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cache", metavar="CACHE",
+                        help="cache location: a local directory or an fsspec URL (e.g. s3://bucket/cache)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as one JSON object instead of the human-readable table")
+    parser.add_argument("--max-failures", type=int, default=5,
+                        help="how many failed rows (with their reasons) to list (default: 5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    s = inspect_cache(args.cache, max_failures=args.max_failures)
+    if args.json:
+        print(json.dumps({
+            "location": s.location, "schema": s.schema.to_dict(), "rows_ok": s.rows_ok,
+            "rows_failed": s.rows_failed, "shards_committed": s.shards_committed,
+            "targets": [{"name": t.name, "codec": t.codec, "raw_bytes": t.raw_bytes,
+                         "stored_bytes": t.stored_bytes, "ratio": t.ratio} for t in s.targets],
+            "stored_bytes_per_row": s.stored_bytes_per_row, "failures": s.failures, "hints": s.hints}))
+    else:
+        print(format_summary(s))
+    return 0

@@ -1,0 +1,207 @@
+"""Reading a cache: random access to committed rows, typed as :class:`CachedTargets`.
+
+Only rows of committed shards (those with a manifest fragment) are visible. Every read is
+checked twice: Zarr verifies each chunk's Zstd content checksum (or crc32c when uncompressed)
+and the shard index crc32c, and the reader compares the crc32c of the decompressed bytes with
+the manifest's. Any failure raises :class:`storage.errors.CacheCorruptError` naming the sample,
+the target and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import zarr
+
+from storage.cache import layout, manifest, stores
+from storage.cache.codecs import QuantizedArray, decode
+from storage.cache.schema import SCHEMA_VERSION, CacheSchema, DatasetInfo
+from storage.cache.writer import row_checksum
+from storage.errors import CacheCorruptError, CacheMismatchError, CacheRowError
+from storage.grid import BEVGrid
+
+
+@dataclass(kw_only=True, eq=False)
+class CachedTargets:
+    """The stored targets of one row. Absent targets are None.
+
+    Attributes:
+        sample_token: the sample.
+        row: global row index (``sample_index * views + view``).
+        view: view index.
+        view_matrix: ``(4, 4)`` float64 BEV augmentation of the row (BEV frame = view_matrix @ lidar).
+        bev_features: stage -> ``(C, H, W)`` float32 BEV frame, or :class:`QuantizedArray`
+            (``decode=False``).
+        heatmap: ``(K, H, W)`` float32 in [0, 1] (or QuantizedArray with scale 1/255).
+        boxes: ``(M, 9)`` float32 ``[x, y, z, l, w, h, yaw, vx, vy]`` BEV frame, m, rad, m/s.
+        scores: ``(M,)`` float32.
+        labels: ``(M,)`` int64.
+        instance_features: ``(M, C)`` float32 (float16 when ``decode=False``).
+        lidar_depth: ``(6, h, w)`` float32 metres, 0 = no point (float16 when ``decode=False``).
+        depth_probs: ``(6, D, h, w)`` float32 (or QuantizedArray, scale 1/255 per camera).
+        fg_mask: ``(H, W)`` bool.
+        view_mask: ``(6, H, W)`` bool.
+    """
+
+    sample_token: str
+    row: int
+    view: int
+    view_matrix: np.ndarray
+    bev_features: dict[str, np.ndarray | QuantizedArray] = field(default_factory=dict)
+    heatmap: np.ndarray | QuantizedArray | None = None
+    boxes: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    instance_features: np.ndarray | None = None
+    lidar_depth: np.ndarray | None = None
+    depth_probs: np.ndarray | QuantizedArray | None = None
+    fg_mask: np.ndarray | None = None
+    view_mask: np.ndarray | None = None
+
+
+class CacheReader:
+    """Random access to a cache's committed rows.
+
+    Args:
+        location: directory, fsspec URL or Zarr store.
+        expect_grid: refuse a cache whose grid differs (``BEVGrid.same_as``).
+        expect_dataset: refuse a cache of another dataset id / version / split.
+        expect_schema_version: refuse another layout version (None accepts any).
+        targets: read only these targets (default all).
+        verify_checksums: compare each read's crc32c with the manifest (cheap; default on).
+        storage_options: fsspec options for URLs.
+
+    Raises:
+        FileNotFoundError: no cache at ``location``.
+        CacheMismatchError: schema version, grid or dataset differ from what was asked.
+        KeyError: a requested target is not stored.
+    """
+
+    def __init__(self, location: stores.StoreLike, *, expect_grid: BEVGrid | None = None,
+                 expect_dataset: DatasetInfo | None = None, expect_schema_version: int | None = SCHEMA_VERSION,
+                 targets: list[str] | None = None, verify_checksums: bool = True,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.store = stores.open_store(location, read_only=True, storage_options=storage_options)
+        self.location = stores.describe(self.store)
+        root = zarr.open_group(store=self.store, mode="r", zarr_format=3)
+        attrs = root.attrs.get(layout.ATTR)
+        if attrs is None:
+            raise FileNotFoundError(f"{self.location} is a Zarr group but not a bevkd cache (no '{layout.ATTR}')")
+        self._check_expectations(attrs, expect_grid, expect_dataset, expect_schema_version)
+        self.schema = CacheSchema.from_dict(attrs)
+        self.target_names = targets if targets is not None else [t.name for t in self.schema.targets]
+        self._arrays = layout.open_arrays(root, self.schema, self.target_names)
+        self.verify_checksums = verify_checksums
+        self.sample_tokens = layout.read_samples(self.store)
+        self.refresh()
+
+    def _check_expectations(self, attrs: dict[str, Any], grid: BEVGrid | None, dataset: DatasetInfo | None,
+                            version: int | None) -> None:
+        found = int(attrs.get("schema_version", -1))
+        if version is not None and found != version:
+            raise CacheMismatchError(f"cache {self.location}: schema version {found}, expected {version}")
+        if grid is not None and not BEVGrid.from_dict(attrs["grid"]).same_as(grid):
+            raise CacheMismatchError(f"cache {self.location}: grid {attrs['grid']} differs from the expected "
+                                     f"{grid.to_dict()}")
+        if dataset is not None and DatasetInfo(**attrs["dataset"]) != dataset:
+            raise CacheMismatchError(f"cache {self.location}: dataset {attrs['dataset']} differs from the "
+                                     f"expected {dataset.to_dict()}")
+
+    def refresh(self) -> None:
+        """Reload the manifest (to see shards committed since opening)."""
+        self.rows: pa.Table = manifest.read_manifest(self.store, [t.name for t in self.schema.targets])
+        row = self.rows.column("row").to_numpy()
+        self._pos = {int(r): i for i, r in enumerate(row)}
+        self._meta_cols = {c: self.rows.column(c).to_pylist() for c in ("sample_token", "view", "status", "error")}
+        self._crc = {t.name: self.rows.column(f"crc32c:{t.name}").to_pylist() for t in self.schema.targets}
+        ok = np.asarray(self._meta_cols["status"], dtype=object) == manifest.STATUS_OK
+        self.ok_rows: np.ndarray = row[ok].astype(np.int64)
+        """Global row indices of the committed rows with status ok, ascending."""
+
+    def __len__(self) -> int:
+        """Number of committed rows with status ok."""
+        return len(self.ok_rows)
+
+    def __getitem__(self, i: int) -> CachedTargets:
+        """The ``i``-th ok row (dataset-style index into :attr:`ok_rows`)."""
+        return self.read(int(self.ok_rows[i]))
+
+    def row_index(self, sample_token: str, view: int = 0) -> int:
+        """Global row of ``(sample_token, view)``. Raises KeyError for an unknown token."""
+        if not hasattr(self, "_sample_index"):
+            self._sample_index = {t: i for i, t in enumerate(self.sample_tokens)}
+        if sample_token not in self._sample_index:
+            raise KeyError(f"cache {self.location}: sample {sample_token} is not in this cache")
+        if not 0 <= view < self.schema.views:
+            raise KeyError(f"cache {self.location}: sample {sample_token}: view {view} outside [0, {self.schema.views})")
+        return self._sample_index[sample_token] * self.schema.views + view
+
+    def read(self, row_or_token: int | str, view: int = 0, *, decode: bool = True) -> CachedTargets:
+        """Read one row.
+
+        Args:
+            row_or_token: global row index, or a sample token (with ``view``).
+            view: view of a sample token (ignored for a row index).
+            decode: False returns uint8 targets as :class:`QuantizedArray` and float16 as
+                float16, to ship small data and dequantise late (e.g. on the GPU).
+
+        Raises:
+            CacheRowError: the row is not committed, or committed as failed (with its reason).
+            CacheCorruptError: a chunk fails its checksum or cannot be decoded.
+        """
+        r = self.row_index(row_or_token, view) if isinstance(row_or_token, str) else int(row_or_token)
+        meta = self._meta(r)
+        out = CachedTargets(sample_token=meta["sample_token"], row=r, view=meta["view"],
+                            view_matrix=manifest.view_matrix_of(self.rows, self._pos[r]))
+        count = None
+        for name in sorted(self.target_names, key=lambda n: n != "boxes"):  # boxes first: their count
+            value = self._read_target(name, r, meta, decode)
+            if name == "boxes":
+                out.boxes, out.scores, out.labels = value
+                count = len(out.boxes)
+            elif name == "instance_features":
+                out.instance_features = value[:count] if count is not None else value
+            elif name.startswith("bev_features/"):
+                out.bev_features[name.split("/", 1)[1]] = value
+            else:
+                setattr(out, name, value)
+        return out
+
+    def _meta(self, r: int) -> dict[str, Any]:
+        if r not in self._pos:
+            if not 0 <= r < self.schema.num_rows:
+                raise CacheRowError(f"cache {self.location}: row {r} outside [0, {self.schema.num_rows})")
+            token = self.sample_tokens[r // self.schema.views]
+            raise CacheRowError(f"cache {self.location}: sample {token} view {r % self.schema.views} (row {r}) "
+                                f"is not committed: shard {r // self.schema.shard_size} has no manifest fragment")
+        i = self._pos[r]
+        meta = {c: col[i] for c, col in self._meta_cols.items()}
+        if meta["status"] != manifest.STATUS_OK:
+            raise CacheRowError(f"cache {self.location}: sample {meta['sample_token']} view {meta['view']} "
+                                f"(row {r}) failed in the cache job: {meta['error']}")
+        return meta
+
+    def _read_target(self, name: str, r: int, meta: dict[str, Any], dequantize_values: bool) -> Any:
+        spec = self.schema.target(name)
+        comps: dict[str, np.ndarray] = {}
+        for comp, arr in self._arrays[name].items():
+            try:
+                comps[comp] = arr[r]
+            except Exception as e:  # zarr raises codec-specific errors for corrupt bytes
+                raise self._corrupt(meta, name, arr, r, f"cannot decode chunk ({type(e).__name__}: {e})") from e
+        if self.verify_checksums:
+            expected = self._crc[name][self._pos[r]]
+            got = row_checksum(comps)
+            if expected != got:
+                arr = next(iter(self._arrays[name].values()))
+                raise self._corrupt(meta, name, arr, r, f"checksum mismatch (crc32c {got:#010x}, manifest "
+                                    f"{expected if expected is None else hex(expected)}); shard missing or rewritten?")
+        return decode(spec, comps, dequantize_values=dequantize_values)
+
+    def _corrupt(self, meta: dict[str, Any], name: str, arr: zarr.Array, r: int, problem: str) -> CacheCorruptError:
+        key = layout.shard_key(arr, r // self.schema.shard_size)
+        return CacheCorruptError(meta["sample_token"], name, stores.key_location(self.store, key),
+                                 f"view {meta['view']} (row {r}): {problem}")

@@ -1,0 +1,79 @@
+"""Opening a cache location as a Zarr store, and the few raw-key operations the cache needs.
+
+A cache location is a local directory (``str`` / ``Path`` / ``file://``), any fsspec URL
+(``s3://bucket/cache``, ``memory://x``) through :class:`zarr.storage.FsspecStore`, or a Zarr
+store object (e.g. :class:`zarr.storage.MemoryStore`). Manifest fragments and the sample index
+are plain keys of the same store.
+
+Atomicity of ``put_bytes``: :class:`zarr.storage.LocalStore` writes a temporary file and
+renames it; object stores (fsspec) write a key with a single PUT; :class:`MemoryStore` assigns
+a dict entry. A reader therefore never sees half a fragment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore
+
+StoreLike = Union[str, Path, Store]
+
+
+def open_store(location: StoreLike, *, read_only: bool = False,
+               storage_options: dict[str, Any] | None = None) -> Store:
+    """The Zarr store of a cache location (see the module docstring)."""
+    if isinstance(location, Store):
+        return location.with_read_only(read_only) if read_only and not location.read_only else location
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        return FsspecStore.from_url(text, storage_options=storage_options, read_only=read_only)
+    return LocalStore(text.removeprefix("file://"), read_only=read_only)
+
+
+def describe(store: Store) -> str:
+    """A human-readable location for messages: a directory, a URL, or the store's repr."""
+    if isinstance(store, LocalStore):
+        return str(store.root)
+    if isinstance(store, FsspecStore):
+        return f"{store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]}://{store.path}"
+    return repr(store)
+
+
+def key_location(store: Store, key: str) -> str:
+    """Where ``key`` lives, for error messages (a file path for local caches)."""
+    if isinstance(store, LocalStore):
+        return str(Path(store.root) / key)
+    return f"{describe(store)}/{key}"
+
+
+def put_bytes(store: Store, key: str, data: bytes) -> None:
+    """Write ``key`` atomically (see the module docstring)."""
+    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def get_bytes(store: Store, key: str, *, start: int | None = None, end: int | None = None,
+              suffix: int | None = None) -> bytes | None:
+    """Read ``key`` (or ``[start, end)`` / its last ``suffix`` bytes); ``None`` if absent."""
+    req = SuffixByteRequest(suffix) if suffix is not None else (
+        RangeByteRequest(start, end) if start is not None and end is not None else None)
+    buf = sync(store.get(key, prototype=default_buffer_prototype(), byte_range=req))
+    return None if buf is None else buf.to_bytes()
+
+
+def exists(store: Store, key: str) -> bool:
+    return bool(sync(store.exists(key)))
+
+
+def delete(store: Store, key: str) -> None:
+    sync(store.delete(key))
+
+
+def list_prefix(store: Store, prefix: str) -> list[str]:
+    """All keys starting with ``prefix``, sorted."""
+    async def collect() -> list[str]:
+        return [k async for k in store.list_prefix(prefix)]
+    return sorted(sync(collect()))

@@ -1,0 +1,150 @@
+"""``verify``: re-read every committed row and check it against the manifest.
+
+For each committed shard and target component: the shard key must exist, every ok row's
+chunk must be present in the shard index, decode (Zarr checks the Zstd content checksum /
+crc32c and the shard-index crc32c) and match the manifest's crc32c of the decompressed bytes.
+Each problem names the row, sample token, view, target and key. Shards with data but no
+fragment are listed too (they are invisible to readers; the cache job rewrites them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+
+from storage.cache import layout, manifest, stores
+from storage.cache.schema import CacheSchema
+from storage.cache.writer import row_checksum
+
+
+@dataclass(kw_only=True)
+class RowProblem:
+    """A committed ok row that does not read back as written.
+
+    Attributes:
+        row: global row index.
+        sample_token: the sample.
+        view: view index.
+        target: target name.
+        problem: ``missing`` (no shard key or chunk) or ``corrupt`` (decode or checksum failure).
+        detail: what failed.
+        path: the shard key's location.
+    """
+
+    row: int
+    sample_token: str
+    view: int
+    target: str
+    problem: str
+    detail: str
+    path: str
+
+    def __str__(self) -> str:
+        return (f"sample {self.sample_token} view {self.view} (row {self.row}): target {self.target} "
+                f"{self.problem} at {self.path}: {self.detail}")
+
+
+@dataclass(kw_only=True)
+class VerifyReport:
+    """Result of :func:`verify_cache`."""
+
+    location: str
+    rows_checked: int = 0
+    rows_failed_in_job: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    uncommitted_shards: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _uncommitted(store: Any, arrays: dict[str, dict[str, zarr.Array]], committed: set[int]) -> list[int]:
+    arr = next(iter(next(iter(arrays.values())).values()))
+    pattern = re.compile(re.escape(arr.path) + r"/c/(\d+)/")
+    found = {int(m.group(1)) for k in stores.list_prefix(store, arr.path + "/c/") if (m := pattern.match(k))}
+    return sorted(found - committed)
+
+
+def _read_rows(arr: zarr.Array, rows: range, ok_local: list[int]) -> tuple[np.ndarray | None, dict[int, str]]:
+    """The shard block, or per-row reads with the errors of the rows that fail."""
+    try:
+        return arr[rows.start:rows.stop], {}
+    except Exception:  # find the failing rows one by one
+        block, errors = np.zeros((len(rows), *arr.shape[1:]), arr.dtype), {}
+        for j in ok_local:
+            try:
+                block[j] = arr[rows.start + j]
+            except Exception as e:
+                errors[j] = f"cannot decode chunk ({type(e).__name__}: {e})"
+        return block, errors
+
+
+def _check_target(store: Any, schema: CacheSchema, name: str, comps: dict[str, zarr.Array], shard: int,
+                  frag: dict[str, list[Any]], ok_local: list[int]) -> list[RowProblem]:
+    rows = schema.shard_rows(shard)
+    found: dict[int, tuple[str, str, str]] = {}  # local row -> (problem, detail, path)
+    blocks: dict[str, np.ndarray] = {}
+    for comp, arr in comps.items():
+        path = stores.key_location(store, layout.shard_key(arr, shard))
+        sizes = layout.shard_chunk_nbytes(store, arr, shard, schema.shard_size)
+        if sizes is None:
+            found.update({j: ("missing", f"shard key of component {comp} does not exist", path)
+                          for j in ok_local if j not in found})
+            continue
+        for j in ok_local:
+            if sizes[j] < 0 and j not in found:
+                found[j] = ("missing", f"chunk of component {comp} absent from the shard index", path)
+        block, errors = _read_rows(arr, rows, ok_local)
+        for j, detail in errors.items():
+            found.setdefault(j, ("corrupt", f"component {comp}: {detail}", path))
+        blocks[comp] = block
+    crcs = frag[f"crc32c:{name}"]
+    path = stores.key_location(store, layout.shard_key(next(iter(comps.values())), shard))
+    for j in ok_local:
+        if j in found or len(blocks) != len(comps):
+            continue
+        got = row_checksum({c: b[j] for c, b in blocks.items()})
+        if got != crcs[j]:
+            found[j] = ("corrupt", f"checksum mismatch (crc32c {got:#010x}, manifest {crcs[j]:#010x})", path)
+    return [RowProblem(row=rows.start + j, sample_token=frag["sample_token"][j], view=frag["view"][j],
+                       target=name, problem=p, detail=d, path=k) for j, (p, d, k) in sorted(found.items())]
+
+
+def verify_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None,
+                 progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Re-read every committed row of a cache.
+
+    Args:
+        location: directory, fsspec URL or Zarr store.
+        storage_options: fsspec options.
+        progress: called with 1 after each shard (e.g. ``tqdm.update``).
+
+    Returns:
+        a :class:`VerifyReport`; ``report.ok`` is False when any committed ok row is missing
+        or corrupt.
+    """
+    store = stores.open_store(location, read_only=True, storage_options=storage_options)
+    root = zarr.open_group(store=store, mode="r", zarr_format=3)
+    schema = CacheSchema.from_dict(root.attrs[layout.ATTR])
+    arrays = layout.open_arrays(root, schema)
+    report = VerifyReport(location=stores.describe(store))
+    committed = manifest.committed_shards(store)
+    report.uncommitted_shards = _uncommitted(store, arrays, set(committed))
+    for shard in committed:
+        table = manifest.read_fragment(store, shard)
+        if table is None:
+            continue
+        frag = table.sort_by("row").to_pydict()
+        ok_local = [j for j, s in enumerate(frag["status"]) if s == manifest.STATUS_OK]
+        report.rows_checked += len(ok_local)
+        report.rows_failed_in_job += len(frag["status"]) - len(ok_local)
+        for name, comps in arrays.items():
+            report.problems += _check_target(store, schema, name, comps, shard, frag, ok_local)
+        if progress is not None:
+            progress(1)
+    return report

@@ -1,0 +1,253 @@
+"""Writing a cache: create it once, then commit whole shards, each from exactly one writer.
+
+Typical use (the cache job; one task per shard, in any order, from any process)::
+
+    writer = CacheWriter.create("s3://bucket/cache", schema, sample_tokens)   # once
+    writer = CacheWriter.open("s3://bucket/cache")                            # in each worker
+    for i in writer.pending_shards():
+        rows = [RowResult(sample_token=t, view=v, targets=...) for t, v in writer.shard_rows(i)]
+        writer.write_shard(i, rows)
+
+Two writers must never write the same shard (Zarr rewrites a whole shard per write, so the
+second would drop the first's rows); distinct shards are independent keys and safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import google_crc32c
+import numpy as np
+import zarr
+
+from storage.cache import layout, manifest, stores
+from storage.cache.codecs import TargetValueError, components, encode
+from storage.cache.schema import CacheSchema, TargetSpec
+from storage.targets import SampleTargets
+
+
+@dataclass(kw_only=True, eq=False)
+class RowResult:
+    """What the cache job hands the writer for one ``(sample, view)`` row.
+
+    Attributes:
+        sample_token: the sample.
+        view: view index in ``[0, schema.views)``.
+        scene: scene name (for the manifest).
+        timestamp_us: sample time, microseconds.
+        view_matrix: ``(4, 4)`` float64 BEV augmentation; ``None`` takes
+            ``targets.view_matrix`` (identity by default).
+        targets: the row's targets, or ``None`` for a failed row.
+        error: why the row failed (required when ``targets`` is None).
+    """
+
+    sample_token: str
+    view: int = 0
+    scene: str = ""
+    timestamp_us: int = 0
+    view_matrix: np.ndarray | None = None
+    targets: SampleTargets | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.targets is None) == (self.error is None):
+            raise ValueError(f"RowResult for sample {self.sample_token} view {self.view}: "
+                             "give exactly one of targets or error")
+
+
+@dataclass(kw_only=True)
+class ShardReport:
+    """Outcome of one :meth:`CacheWriter.write_shard`: counts and compressed bytes per target."""
+
+    shard_index: int
+    rows_ok: int
+    rows_failed: int
+    nbytes: dict[str, int] = field(default_factory=dict)
+
+
+def target_value(spec: TargetSpec, targets: SampleTargets) -> Any:
+    """The value of ``spec`` in ``targets`` (``boxes`` -> (boxes, scores, labels)).
+
+    Raises:
+        TargetValueError: the row lacks the target.
+    """
+    if spec.kind == "bev_features":
+        value = targets.bev_features.get(spec.name.split("/", 1)[1])
+    elif spec.kind == "boxes":
+        parts = (targets.boxes, targets.scores, targets.labels)
+        value = None if any(p is None for p in parts) else parts
+    else:
+        value = getattr(targets, spec.name)
+    if value is None:
+        raise TargetValueError(f"target {spec.name} missing from the row's SampleTargets")
+    return value
+
+
+def row_checksum(comps: dict[str, np.ndarray]) -> int:
+    """crc32c of the stored, uncompressed component bytes (component order, C order)."""
+    crc = 0
+    for arr in comps.values():
+        crc = google_crc32c.extend(crc, np.ascontiguousarray(arr).tobytes())
+    return int(crc)
+
+
+class CacheWriter:
+    """Creates a cache and commits shards. Use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, store: Any, root: zarr.Group, schema: CacheSchema, sample_tokens: list[str]) -> None:
+        self.store = store
+        self.schema = schema
+        self.sample_tokens = sample_tokens
+        self._arrays = layout.open_arrays(root, schema)
+        self._sample_index = {t: i for i, t in enumerate(sample_tokens)}
+
+    @classmethod
+    def create(cls, location: stores.StoreLike, schema: CacheSchema, sample_tokens: Sequence[str], *,
+               overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> "CacheWriter":
+        """Create an empty cache for ``sample_tokens`` (``schema.num_rows`` must equal
+        ``len(sample_tokens) * schema.views``).
+
+        Raises:
+            ValueError: token count mismatch or duplicate tokens.
+            zarr.errors.ContainsGroupError / ContainsArrayError: a cache exists and not ``overwrite``.
+        """
+        tokens = [str(t) for t in sample_tokens]
+        if len(tokens) * schema.views != schema.num_rows or len(set(tokens)) != len(tokens):
+            raise ValueError(f"CacheWriter.create: {len(tokens)} unique tokens x {schema.views} views "
+                             f"must equal schema.num_rows {schema.num_rows}")
+        store = stores.open_store(location, storage_options=storage_options)
+        if overwrite:
+            zarr.core.sync.sync(store.delete_dir(""))
+        root = layout.create_arrays(store, schema, overwrite=overwrite)
+        layout.write_samples(store, tokens)
+        return cls(store, root, schema, tokens)
+
+    @classmethod
+    def open(cls, location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None) -> "CacheWriter":
+        """Open an existing cache for writing more shards (resume, or another worker).
+
+        Raises:
+            FileNotFoundError: no cache at ``location``.
+        """
+        store = stores.open_store(location, storage_options=storage_options)
+        root = zarr.open_group(store=store, mode="r+", zarr_format=3)
+        schema = CacheSchema.from_dict(root.attrs[layout.ATTR])
+        return cls(store, root, schema, layout.read_samples(store))
+
+    # ---- what goes where ------------------------------------------------------------------
+    def row_index(self, sample_token: str, view: int = 0) -> int:
+        """``sample_index * views + view``. Raises KeyError / IndexError for an unknown token / view."""
+        if not 0 <= view < self.schema.views:
+            raise IndexError(f"sample {sample_token}: view {view} outside [0, {self.schema.views})")
+        return self._sample_index[sample_token] * self.schema.views + view
+
+    def shard_rows(self, shard_index: int) -> list[tuple[str, int]]:
+        """``(sample_token, view)`` of every row of a shard, in row order."""
+        v = self.schema.views
+        return [(self.sample_tokens[r // v], r % v) for r in self.schema.shard_rows(shard_index)]
+
+    def committed_shards(self) -> list[int]:
+        """Shards whose manifest fragment exists (done; skip them on resume)."""
+        return manifest.committed_shards(self.store)
+
+    def pending_shards(self) -> list[int]:
+        done = set(self.committed_shards())
+        return [i for i in range(self.schema.num_shards) if i not in done]
+
+    # ---- commit ---------------------------------------------------------------------------
+    def write_shard(self, shard_index: int, rows: Iterable[RowResult], *, replace: bool = False) -> ShardReport:
+        """Write shard ``shard_index`` whole, then commit it with its manifest fragment.
+
+        Rows whose targets cannot be stored (missing target, wrong shape, non-finite, too
+        many boxes) are committed as failed rows with the reason; they never raise.
+
+        Args:
+            shard_index: which shard.
+            rows: exactly the rows of :meth:`shard_rows` (any order); consumed one by one, so a
+                generator keeps only the encoded (small) data alive.
+            replace: rewrite a committed shard (its fragment is removed first, so readers
+                stop seeing it until the new commit).
+
+        Raises:
+            IndexError: shard outside the cache.
+            ValueError: rows missing, duplicated or not belonging to the shard.
+            FileExistsError: the shard is committed and not ``replace``.
+        """
+        expected = self.schema.shard_rows(shard_index)
+        key = manifest.fragment_key(shard_index)
+        if stores.exists(self.store, key):
+            if not replace:
+                raise FileExistsError(f"cache {stores.describe(self.store)}: shard {shard_index} already "
+                                      f"committed ({key}); pass replace=True to rewrite it")
+            stores.delete(self.store, key)
+        blocks = self._empty_blocks(len(expected))
+        records: dict[int, manifest.ManifestRow] = {}
+        for result in rows:
+            r = self._row_of(result, expected)
+            if r in records:
+                raise ValueError(f"shard {shard_index}: row {r} (sample {result.sample_token} view "
+                                 f"{result.view}) given twice")
+            records[r] = self._encode_row(result, r, shard_index, blocks, r - expected.start)
+        missing = [self.shard_rows(shard_index)[r - expected.start] for r in expected if r not in records]
+        if missing:
+            raise ValueError(f"shard {shard_index}: rows missing for (sample_token, view) {missing[:5]}"
+                             f"{' ...' if len(missing) > 5 else ''}; give a RowResult with error= for failed rows")
+        for name, comps in blocks.items():
+            for comp, block in comps.items():
+                self._arrays[name][comp][expected.start:expected.stop] = block
+        return self._commit(shard_index, expected, records)
+
+    def _empty_blocks(self, n: int) -> dict[str, dict[str, np.ndarray]]:
+        return {spec.name: {c: np.zeros((n, *shape), dtype) for c, (shape, dtype) in components(spec).items()}
+                for spec in self.schema.targets}
+
+    def _row_of(self, result: RowResult, expected: range) -> int:
+        try:
+            r = self.row_index(result.sample_token, result.view)
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"sample {result.sample_token} view {result.view}: not in this cache ({e})") from None
+        if r not in expected:
+            raise ValueError(f"sample {result.sample_token} view {result.view}: row {r} is not in shard "
+                             f"rows [{expected.start}, {expected.stop})")
+        return r
+
+    def _encode_row(self, result: RowResult, r: int, shard_index: int,
+                    blocks: dict[str, dict[str, np.ndarray]], local: int) -> manifest.ManifestRow:
+        error, crcs = result.error, {}
+        if result.targets is not None:
+            try:
+                encoded = {s.name: encode(s, target_value(s, result.targets)) for s in self.schema.targets}
+            except ValueError as e:  # TargetValueError or a shape mismatch: the row fails, the shard commits
+                error = f"sample {result.sample_token} view {result.view}: {e}"
+            else:
+                for name, comps in encoded.items():
+                    for comp, arr in comps.items():
+                        blocks[name][comp][local] = arr
+                    crcs[name] = row_checksum(comps)
+        vm = result.view_matrix if result.view_matrix is not None else (
+            result.targets.view_matrix if result.targets is not None else np.eye(4))
+        return manifest.ManifestRow(
+            sample_token=result.sample_token, row=r, shard=shard_index, scene=result.scene,
+            timestamp_us=int(result.timestamp_us), view=result.view, view_matrix=np.asarray(vm, np.float64),
+            status=manifest.STATUS_FAILED if error else manifest.STATUS_OK, error=error, crc32c=crcs, nbytes={})
+
+    def _commit(self, shard_index: int, expected: range, records: dict[int, manifest.ManifestRow]) -> ShardReport:
+        report = ShardReport(shard_index=shard_index, rows_ok=0, rows_failed=0)
+        per_row = np.zeros((len(self.schema.targets), len(expected)), np.int64)
+        for t, spec in enumerate(self.schema.targets):
+            for arr in self._arrays[spec.name].values():
+                sizes = layout.shard_chunk_nbytes(self.store, arr, shard_index, self.schema.shard_size)
+                if sizes is not None:
+                    per_row[t] += np.maximum(sizes[:len(expected)], 0)
+            report.nbytes[spec.name] = int(per_row[t].sum())
+        ordered = [records[r] for r in expected]
+        for j, rec in enumerate(ordered):
+            if rec.status == manifest.STATUS_OK:
+                rec.nbytes = {s.name: int(per_row[t, j]) for t, s in enumerate(self.schema.targets)}
+                report.rows_ok += 1
+            else:
+                report.rows_failed += 1
+        table = manifest.fragment_table(ordered, [s.name for s in self.schema.targets])
+        manifest.write_fragment(self.store, shard_index, table)
+        return report
