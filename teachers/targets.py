@@ -1,0 +1,192 @@
+"""Network-free LiDAR-guided distillation targets (numpy), computed once per sample for the cache.
+
+* Foreground masks on the BEV grid: from GT boxes (BEV-LGKD, Li et al. 2022, §3.2 "LiDAR-guided
+  foreground mask"; BEVDistill, Chen et al. ICLR 2023, §3.2 foreground-guided feature
+  distillation), from LiDAR points inside GT boxes (DistillBEV, Wang et al. ICCV 2023, §3.2
+  region decomposition), and Gaussian (CenterPoint radius, Yin et al. CVPR 2021 §3).
+* View-dependent masks: BEV cells inside each camera's frustum (BEV-LGKD §3.3 view-adaptive
+  distillation).
+* Per-camera LiDAR depth maps at a stride (BEVDepth, Li et al. AAAI 2023, §3.2 explicit depth
+  supervision: the minimum depth of the points falling in each stride x stride patch).
+
+Conventions: BEV masks are ``(H, W)`` on ``bev_grid`` (row = +y, col = +x, lidar frame);
+cameras in :data:`storage.sample.CAMERA_NAMES` order; depth is the distance along the camera's
+optical axis (+z of the OpenCV camera frame), metres, 0 = no point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from storage.boxes import points_in_boxes
+from storage.grid import BEVGrid
+from storage.sample import CAMERA_NAMES, Sample
+from storage.targets import SampleTargets
+from teachers.center_targets import build_center_targets
+from teachers.input import resize_intrinsic
+
+
+def fg_mask_from_boxes(gt_boxes: np.ndarray, bev_grid: BEVGrid) -> np.ndarray:
+    """``(H, W)`` bool: cells whose centre lies inside a box's BEV footprint, plus each box's
+    centre cell (so boxes smaller than a cell still mark one cell). BEV-LGKD §3.2.
+
+    Args:
+        gt_boxes: ``(M, 9)`` ``[x, y, z, l, w, h, yaw, vx, vy]``, bev_grid frame, m.
+    """
+    h, w = bev_grid.bev_shape
+    mask = np.zeros((h, w), dtype=bool)
+    boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 9)
+    if len(boxes) == 0:
+        return mask
+    centres = bev_grid.cell_centers().reshape(-1, 2)
+    flat = np.concatenate([centres, np.zeros((len(centres), 1))], axis=1)
+    flat_boxes = boxes.copy()
+    flat_boxes[:, 2], flat_boxes[:, 5] = 0.0, 1.0  # BEV test: ignore height
+    mask |= points_in_boxes(flat, flat_boxes).any(axis=1).reshape(h, w)
+    rc = bev_grid.metric_to_cell(boxes[:, :2])
+    ok = (rc[:, 0] >= 0) & (rc[:, 0] < h) & (rc[:, 1] >= 0) & (rc[:, 1] < w)
+    mask[rc[ok, 0], rc[ok, 1]] = True
+    return mask
+
+
+def fg_mask_from_points(points: np.ndarray, gt_boxes: np.ndarray, bev_grid: BEVGrid) -> np.ndarray:
+    """``(H, W)`` bool: cells holding at least one LiDAR point that lies inside a GT box (DistillBEV §3.2).
+
+    Args:
+        points: ``(N, >=3)`` lidar frame, m. gt_boxes: ``(M, 9)``, same frame.
+    """
+    h, w = bev_grid.bev_shape
+    mask = np.zeros((h, w), dtype=bool)
+    boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 9)
+    if len(boxes) == 0 or len(points) == 0:
+        return mask
+    pts = np.asarray(points)[:, :3]
+    inside = np.zeros(len(pts), dtype=bool)
+    for start in range(0, len(pts), 65536):
+        inside[start:start + 65536] = points_in_boxes(pts[start:start + 65536], boxes).any(axis=1)
+    rc = bev_grid.metric_to_cell(pts[inside])
+    ok = (rc[:, 0] >= 0) & (rc[:, 0] < h) & (rc[:, 1] >= 0) & (rc[:, 1] < w)
+    mask[rc[ok, 0], rc[ok, 1]] = True
+    return mask
+
+
+def gaussian_fg_heatmap(gt_boxes: np.ndarray, gt_labels: np.ndarray, bev_grid: BEVGrid, min_overlap: float = 0.1,
+                        min_radius: int = 2) -> np.ndarray:
+    """``(H, W)`` float32 in [0, 1]: max over classes of the CenterPoint Gaussian heatmap (CenterPoint §3;
+    the soft foreground weight of BEVDistill §3.2)."""
+    boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 9)
+    labels = np.zeros(len(boxes), dtype=np.int64)  # one channel: every class
+    t = build_center_targets([boxes], [labels], bev_grid, [(0,)], min_overlap=min_overlap, min_radius=min_radius,
+                             max_objs=max(len(boxes), 1))[0]
+    return t.heatmap[0, 0].numpy()
+
+
+def _cam_from_lidar(lidar_from_cam: np.ndarray) -> np.ndarray:
+    r, t = lidar_from_cam[:3, :3], lidar_from_cam[:3, 3]
+    out = np.eye(4)
+    out[:3, :3], out[:3, 3] = r.T, -r.T @ t
+    return out
+
+
+def _project(points: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, 2)`` pixels ``[u, v]`` and ``(N,)`` depth (m) of lidar-frame points (uv NaN behind)."""
+    cf = _cam_from_lidar(np.asarray(lidar_from_cam, dtype=np.float64))
+    p = np.asarray(points, dtype=np.float64)[:, :3] @ cf[:3, :3].T + cf[:3, 3]
+    depth = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uvw = p @ np.asarray(cam_intrinsic, dtype=np.float64).T
+        uv = uvw[:, :2] / np.where(depth[:, None] > 0, uvw[:, 2:3], np.nan)
+    return uv, depth
+
+
+def view_masks(cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray, image_size: tuple[int, int],
+               bev_grid: BEVGrid, max_depth: float = 60.0, min_depth: float = 0.1,
+               heights: np.ndarray | None = None) -> np.ndarray:
+    """``(C, H, W)`` bool: BEV cells inside each camera's viewing frustum (BEV-LGKD §3.3).
+
+    A cell is visible to a camera when any point of its vertical column (cell centre at each of
+    ``heights``, default: the centres of the grid's z voxels) projects inside the image
+    ``0 <= u < w, 0 <= v < h`` with depth in ``(min_depth, max_depth]`` m.
+
+    Args:
+        cam_intrinsic: ``(C, 3, 3)`` pixels, for images of ``image_size``.
+        lidar_from_cam: ``(C, 4, 4)``.
+        image_size: ``(w, h)`` pixels.
+    """
+    h, w = bev_grid.bev_shape
+    if heights is None:
+        z0, z1, vz = bev_grid.point_cloud_range[2], bev_grid.point_cloud_range[5], bev_grid.voxel_size[2]
+        heights = np.arange(z0 + vz / 2, z1, vz)
+    xy = bev_grid.cell_centers().reshape(-1, 2)
+    col = np.concatenate([np.concatenate([xy, np.full((len(xy), 1), z)], 1) for z in heights])
+    out = np.zeros((len(cam_intrinsic), h, w), dtype=bool)
+    for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam)):
+        uv, depth = _project(col, k, l2c)
+        with np.errstate(invalid="ignore"):
+            vis = ((depth > min_depth) & (depth <= max_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < image_size[0])
+                   & (uv[:, 1] >= 0) & (uv[:, 1] < image_size[1]))
+        out[c] = vis.reshape(len(heights), h, w).any(axis=0)
+    return out
+
+
+def lidar_depth_maps(points: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray,
+                     image_size: tuple[int, int], stride: int, min_depth: float = 0.1) -> np.ndarray:
+    """``(C, h // stride, w // stride)`` float32 minimum LiDAR depth per patch, m; 0 = no point (BEVDepth §3.2).
+
+    Args:
+        points: ``(N, >=3)`` lidar frame, m.
+        cam_intrinsic: ``(C, 3, 3)`` for images of ``image_size`` ``(w, h)``.
+        lidar_from_cam: ``(C, 4, 4)``.
+        stride: patch size in pixels; a point at pixel ``(u, v)`` falls in patch ``(v // stride, u // stride)``.
+    """
+    wi, hi = image_size
+    hs, ws = hi // stride, wi // stride
+    out = np.full((len(cam_intrinsic), hs, ws), np.inf, dtype=np.float64)
+    for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam)):
+        uv, depth = _project(points, k, l2c)
+        with np.errstate(invalid="ignore"):
+            ok = (depth > min_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < ws * stride) & (uv[:, 1] >= 0) & (uv[:, 1] < hs * stride)
+        r = (uv[ok, 1] // stride).astype(np.int64)
+        q = (uv[ok, 0] // stride).astype(np.int64)
+        np.minimum.at(out[c], (r, q), depth[ok])
+    out[np.isinf(out)] = 0.0
+    return out.astype(np.float32)
+
+
+def scaled_cameras(sample: Sample, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(6, 3, 3)`` intrinsics rescaled to ``image_size (w, h)`` and ``(6, 4, 4)`` lidar_from_cam,
+    cameras in :data:`CAMERA_NAMES` order (see :func:`teachers.input.resize_intrinsic`)."""
+    ks, l2c = [], []
+    for name in CAMERA_NAMES:
+        cam = sample.camera(name)
+        ks.append(resize_intrinsic(cam.cam_intrinsic, cam.image_size, image_size))
+        l2c.append(np.asarray(cam.lidar_from_cam, dtype=np.float64))
+    return np.stack(ks), np.stack(l2c)
+
+
+def build_lidar_targets(sample: Sample, bev_grid: BEVGrid, depth_stride: int, image_size: tuple[int, int],
+                        max_depth: float = 60.0) -> SampleTargets:
+    """The network-free targets of one sample for the cache job.
+
+    Args:
+        sample: the sample (points, GT boxes, cameras), lidar frame.
+        bev_grid: the teacher's output grid (masks are ``(H, W)`` on it).
+        depth_stride: pixel stride of the depth maps (BEVDepth uses 16).
+        image_size: ``(w, h)`` of the student's (resized) images.
+        max_depth: frustum depth limit of the view masks, m.
+
+    Returns:
+        :class:`SampleTargets` with ``fg_mask (H, W)`` (:func:`fg_mask_from_boxes`), ``view_mask
+        (6, H, W)`` and ``lidar_depth (6, h // stride, w // stride)``.
+    """
+    ks, l2c = scaled_cameras(sample, image_size)
+    return SampleTargets(
+        fg_mask=fg_mask_from_boxes(sample.gt_boxes, bev_grid),
+        view_mask=view_masks(ks, l2c, image_size, bev_grid, max_depth=max_depth),
+        lidar_depth=lidar_depth_maps(sample.points, ks, l2c, image_size, depth_stride),
+    )
+
+
+__all__ = ["build_lidar_targets", "fg_mask_from_boxes", "fg_mask_from_points", "gaussian_fg_heatmap",
+           "lidar_depth_maps", "scaled_cameras", "view_masks"]
