@@ -18,11 +18,16 @@ CFG = SyntheticTargetsConfig(bev_channels=(("lidar_bev", 8), ("neck", 4)))
 DATASET = DatasetInfo(dataset_id="synthetic", version="v0", split="train")
 
 
-def make_cache(location, *, num_samples=10, shard_size=4, views=1, codecs=None, only=None, seed=0, cfg=CFG):
-    """A cache schema, writer, and the targets of every row (by (token, view))."""
+def make_data(*, num_samples=10, views=1, seed=0, cfg=CFG):
+    """Sample tokens and the synthetic targets of every row, by (token, view); same seed, same data."""
     rng = np.random.default_rng(seed)
     tokens = [f"{i:04d}" + uuid.UUID(int=i + 1).hex[4:] for i in range(num_samples)]
-    data = {(t, v): synthetic_targets(rng, cfg) for t in tokens for v in range(views)}
+    return tokens, {(t, v): synthetic_targets(rng, cfg) for t in tokens for v in range(views)}
+
+
+def make_cache(location, *, num_samples=10, shard_size=4, views=1, codecs=None, only=None, seed=0, cfg=CFG):
+    """A cache schema, writer, and the targets of every row (by (token, view))."""
+    tokens, data = make_data(num_samples=num_samples, views=views, seed=seed, cfg=cfg)
     specs = target_specs_for(next(iter(data.values())), max_boxes=7, codecs=codecs, only=only)
     schema = CacheSchema(grid=GRID, teacher=TeacherInfo(name="tiny", config={"a": 1}, weights_sha256="ab" * 32),
                          dataset=DATASET, targets=specs, num_rows=num_samples * views, views=views,
