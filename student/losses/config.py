@@ -1,0 +1,100 @@
+"""Weights and settings of every distillation term (STYLE.md §4: one frozen config per component).
+
+A weight of 0 switches a term off (its inputs are then not required).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossWeights:
+    """Multipliers of each term in :class:`student.losses.combined.LossBreakdown`.
+
+    Attributes:
+        detection: CenterPoint focal + L1 on GT boxes (or teacher pseudo-labels).
+        depth_bce: BEVDepth BCE on LiDAR depth bins (BEVDepth uses 3.0).
+        dense_feature: BEVDistill §3.2 Gaussian-masked BEV feature imitation.
+        lgkd_feature: BEV-LGKD foreground x view masked feature imitation.
+        depth_distill: BEV-LGKD KL of teacher depth distributions.
+        heatmap: X3KD X-OD dense heatmap distillation.
+        keypoint_response: UniDistill keypoint response distillation.
+        instance: BEVDistill §3.3 InfoNCE instance distillation.
+        fusion_camera / fusion_lidar / fusion_fused: SimDistill's three feature terms.
+        adversarial: X3KD X-AT discriminator loss.
+    """
+
+    detection: float = 1.0
+    depth_bce: float = 3.0
+    dense_feature: float = 0.0
+    lgkd_feature: float = 0.0
+    depth_distill: float = 0.0
+    heatmap: float = 0.0
+    keypoint_response: float = 0.0
+    instance: float = 0.0
+    fusion_camera: float = 0.0
+    fusion_lidar: float = 0.0
+    fusion_fused: float = 0.0
+    adversarial: float = 0.0
+
+    def active(self) -> tuple[str, ...]:
+        """Names of the terms with a non-zero weight."""
+        return tuple(f.name for f in fields(self) if getattr(self, f.name) != 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillationConfig:
+    """Which maps are compared and how.
+
+    Attributes:
+        weights: per-term multipliers.
+        depth_bins: ``(d_min, d_max, step)`` of the student's depth net (BEVDepth BCE targets).
+        feature_student / feature_teacher: student map (``StudentOutput.bev_map`` name) and
+            teacher ``bev_features`` key for the dense, LGKD and adversarial feature terms.
+        fusion_teacher: teacher keys of the SimDistill camera, LiDAR and fused maps.
+        soft_mask_boxes: ``"gt"`` or ``"teacher"``: boxes of BEVDistill's Gaussian mask and of
+            UniDistill's keypoints.
+        soft_mask_min_radius / soft_mask_min_overlap: Gaussian radius settings (CenterPoint: 2, 0.1).
+        detection_boxes: ``"gt"`` or ``"teacher"`` (pseudo-labels above ``pseudo_label_min_score``).
+        pseudo_label_min_score: score threshold of teacher pseudo-labels.
+        instance_embed_dim / instance_temperature / instance_min_score: InfoNCE settings.
+        depth_distill_lidar_only: KL only on image cells with LiDAR depth.
+        grl_scale / discriminator_hidden: X-AT settings.
+        learnable_adapters: 1x1 conv adapters even when channels match.
+    """
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    depth_bins: tuple[float, float, float] = (2.0, 58.0, 0.5)
+    feature_student: str = "bev_feature"
+    feature_teacher: str = "neck"
+    fusion_teacher: tuple[str, str, str] = ("camera_bev", "lidar_bev", "fused_bev")
+    soft_mask_boxes: str = "gt"
+    soft_mask_min_radius: int = 2
+    soft_mask_min_overlap: float = 0.1
+    detection_boxes: str = "gt"
+    pseudo_label_min_score: float = 0.3
+    instance_embed_dim: int = 128
+    instance_temperature: float = 0.07
+    instance_min_score: float = 0.3
+    depth_distill_lidar_only: bool = False
+    grl_scale: float = 1.0
+    discriminator_hidden: int = 64
+    learnable_adapters: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("soft_mask_boxes", "detection_boxes"):
+            if getattr(self, name) not in ("gt", "teacher"):
+                raise ValueError(f"DistillationConfig.{name} must be 'gt' or 'teacher', got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillationConfig":
+        d = dict(d)
+        d["weights"] = LossWeights(**d["weights"])
+        d["depth_bins"] = tuple(d["depth_bins"])
+        d["fusion_teacher"] = tuple(d["fusion_teacher"])
+        return cls(**d)
