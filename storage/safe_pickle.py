@@ -4,8 +4,9 @@
 ...). Info files come from other people's disks, so :func:`safe_load` uses an unpickler whose
 ``find_class`` admits only plain-data builtins and the few numpy callables that rebuild arrays,
 dtypes and scalars (``_reconstruct``, ``_frombuffer``, ``scalar``, ``ndarray``, ``dtype`` in both
-numpy 1 ``numpy.core`` and numpy 2 ``numpy._core`` spellings). Anything else raises :class:`~storage.errors.UnsafePickleError` *before*
-the callable is fetched, so nothing named by the file is ever called.
+numpy 1 ``numpy.core`` and numpy 2 ``numpy._core`` spellings). Anything else raises
+:class:`~storage.errors.UnsafePickleError` *before* the callable is fetched, so nothing named by
+the file is ever called.
 """
 
 from __future__ import annotations
