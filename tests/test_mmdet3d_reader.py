@@ -196,6 +196,22 @@ def test_v0_layout_reads_into_the_same_sample(sample, keyframe_info, tmp_path):
     assert v0.differences(sample, atol=1e-5) == []
 
 
+def test_v0_sweeps_use_sensor2lidar(sample, keyframe_info, tmp_path):
+    info = _v0_info(sample)
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    info["infos"][0]["sweeps"] = [{"data_path": sample.lidar_path, "sensor2lidar_rotation": rot,
+                                   "sensor2lidar_translation": np.array([0.5, 0.0, 0.0]),
+                                   "timestamp": sample.timestamp_us - 50_000}]
+    path = tmp_path / "v0_sweeps.pkl"
+    path.write_bytes(pickle.dumps(info))
+    pts = Mmdet3dInfoReader(path, data_root=keyframe_info.parent, sweeps=1).read(0).points
+    n = len(sample.points)
+    assert pts.shape == (2 * n, 5)
+    expected = np.stack([0.5 - sample.points[:, 1], sample.points[:, 0], sample.points[:, 2]], axis=1)
+    np.testing.assert_allclose(pts[n:, :3], expected, atol=1e-4)
+    np.testing.assert_allclose(pts[n:, 4], 0.05)
+
+
 # ---- sweeps ----------------------------------------------------------------------------------------
 def test_sweeps_are_moved_into_the_keyframe_lidar_frame(root, sample):
     info = _info(root)
