@@ -29,3 +29,13 @@ def keyframe_info() -> Path:
 def artefacts() -> Path:
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     return ARTEFACTS
+
+
+@pytest.fixture(scope="session")
+def synth_dataroot(tmp_path_factory) -> Path:
+    """A tiny generated nuScenes-format dataroot (v1.0-mini): 2 mini_val + 1 mini_train scenes
+    x 3 keyframes, 160x90 images, one non-keyframe LiDAR sweep between keyframes."""
+    from storage.synth import SynthConfig, generate_dataset
+
+    config = SynthConfig(num_scenes=3, samples_per_scene=3, seed=7, image_size=(160, 90), sweeps_per_sample=1)
+    return generate_dataset(config, tmp_path_factory.mktemp("synth") / "nuscenes")

@@ -1,0 +1,314 @@
+"""Reads a nuScenes dataroot through the official devkit into :class:`~storage.sample.Sample` s.
+
+Frames follow the devkit: annotations are global; boxes are converted to the keyframe's LiDAR
+frame only through :func:`storage.boxes.boxes_from_nuscenes` with ``lidar_from_global``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.boxes import boxes_from_nuscenes
+from storage.errors import SampleError
+from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample, load_points
+from storage.transforms import invert_transform, transform_from_quaternion
+
+LIDAR_CHANNEL = "LIDAR_TOP"
+#: Foreign keys of the v1.0 schema: (table, field) -> referenced table.
+FOREIGN_KEYS = {
+    ("sample_data", "sample_token"): "sample", ("sample_data", "ego_pose_token"): "ego_pose",
+    ("sample_data", "calibrated_sensor_token"): "calibrated_sensor",
+    ("sample_annotation", "sample_token"): "sample", ("sample_annotation", "instance_token"): "instance",
+    ("sample_annotation", "visibility_token"): "visibility", ("sample_annotation", "attribute_tokens"): "attribute",
+    ("instance", "category_token"): "category", ("calibrated_sensor", "sensor_token"): "sensor",
+    ("sample", "scene_token"): "scene", ("scene", "log_token"): "log",
+}
+
+
+class NuScenesTableError(ValueError):
+    """A nuScenes table file is unreadable or references a token that does not exist.
+    The message names the table file, the field and the token."""
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Annotations:
+    """The detection-class annotations of one sample, LiDAR frame.
+
+    Attributes:
+        gt_boxes: ``(M, 9)`` float64 ``[x, y, z, l, w, h, yaw, vx, vy]``, lidar frame (velocity
+            from the devkit's ``box_velocity``, NaN -> 0).
+        gt_labels: ``(M,)`` int64 indices into NUSCENES_CLASSES.
+        num_lidar_pts: ``(M,)`` int64.
+        instance_tokens: ``M`` instance ids.
+        attribute_names: ``M`` attribute names ('' when the annotation has none).
+    """
+
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    num_lidar_pts: np.ndarray
+    instance_tokens: tuple[str, ...]
+    attribute_names: tuple[str, ...]
+
+
+def split_scene_names(split: str, version: str) -> list[str]:
+    """Scene names of a devkit split.
+
+    Raises:
+        ValueError: unknown split (lists the valid ones) or a split of another version.
+    """
+    from nuscenes.utils.splits import create_splits_scenes
+
+    splits = create_splits_scenes()
+    if split not in splits:
+        raise ValueError(f"unknown nuScenes split {split!r}; valid: {', '.join(sorted(splits))}")
+    want = "mini" if split.startswith("mini") else "test" if split == "test" else "trainval"
+    if not version.endswith(want):
+        raise ValueError(f"split {split!r} belongs to a *-{want} version, not {version!r}")
+    return list(splits[split])
+
+
+def load_nuscenes(dataroot: str, version: str):
+    """The devkit's ``NuScenes`` (quiet), with load failures turned into errors that name the
+    table file, field and token.
+
+    Raises:
+        FileNotFoundError: no ``<dataroot>/<version>`` folder.
+        SampleError: a sample_data / sample_annotation record references a missing token.
+        NuScenesTableError: another table is unreadable or has a dangling reference.
+    """
+    from nuscenes import NuScenes
+
+    table_root = os.path.join(dataroot, version)
+    if not os.path.isdir(table_root):
+        raise FileNotFoundError(f"nuScenes tables not found: {table_root} (check --dataroot / --version)")
+    try:
+        return NuScenes(version=version, dataroot=dataroot, verbose=False)
+    except (KeyError, ValueError, AssertionError, TypeError) as exc:
+        explain_broken_tables(table_root)
+        raise NuScenesTableError(f"nuScenes devkit failed to load {table_root}: {exc!r}") from exc
+
+
+def explain_broken_tables(table_root: str) -> None:
+    """Raise the first unreadable table or dangling foreign key found under ``table_root``."""
+    tables: dict[str, list[dict]] = {}
+    for name in {t for pair in FOREIGN_KEYS.items() for t in (pair[0][0], pair[1])}:
+        path = os.path.join(table_root, f"{name}.json")
+        try:
+            with open(path) as f:
+                tables[name] = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NuScenesTableError(f"nuScenes table {path} unreadable: {exc}") from None
+    tokens = {name: {r["token"] for r in recs} for name, recs in tables.items()}
+    for (table, fld), target in FOREIGN_KEYS.items():
+        for rec in tables[table]:
+            refs = rec[fld] if isinstance(rec[fld], list) else [rec[fld]]
+            for ref in refs:
+                if ref not in tokens[target]:
+                    path = os.path.join(table_root, f"{table}.json")
+                    if "sample_token" in rec and table != "sample":
+                        raise SampleError(rec["sample_token"], f"{table}.{fld}",
+                                          f"references missing {target} token {ref} (record {rec['token']})", path)
+                    raise NuScenesTableError(f"{path}: record {rec['token']} field {fld} references missing "
+                                             f"{target} token {ref}")
+
+
+class NuScenesReader:
+    """:class:`~storage.sample.SampleReader` over a nuScenes dataroot (real or synthetic).
+
+    Args:
+        dataroot: folder holding ``<version>/*.json``, ``samples/``, ``sweeps/``.
+        version: ``v1.0-mini``, ``v1.0-trainval``, ...
+        split: a devkit split (``mini_val``, ``mini_train``, ``train``, ``val``, ...).
+        sweeps: past LiDAR sweeps merged into ``points`` (0: keyframe only). With sweeps, column
+            4 holds the time lag to the keyframe in seconds (0 for keyframe points) instead of
+            the ring index, as mmdet3d's ``LoadPointsFromMultiSweeps``; a keyframe near the
+            start of its scene uses the sweeps it has.
+
+    Picklable: the devkit database is dropped when pickled and reloaded lazily.
+
+    Raises:
+        ValueError: unknown split (lists the valid ones), or no scene of the split in the data.
+        FileNotFoundError / SampleError / NuScenesTableError: see :func:`load_nuscenes`.
+    """
+
+    def __init__(self, dataroot: str | os.PathLike[str], version: str = "v1.0-mini", split: str = "mini_val",
+                 sweeps: int = 0) -> None:
+        if sweeps < 0:
+            raise ValueError(f"NuScenesReader: sweeps must be >= 0, got {sweeps}")
+        self.dataroot = os.path.abspath(dataroot)
+        self.version, self.split, self.sweeps = version, split, int(sweeps)
+        wanted = set(split_scene_names(split, version))
+        self.dataset_id = f"nuscenes:{version}:{split}"
+        self._nusc = None
+        scenes = [s for s in self.nusc.scene if s["name"] in wanted]
+        if not scenes:
+            have = sorted(s["name"] for s in self.nusc.scene)
+            raise ValueError(f"{self.dataroot}: no scene of split {split!r} (dataset has {', '.join(have)})")
+        tokens: list[str] = []
+        for scene in scenes:
+            tok = scene["first_sample_token"]
+            while tok:
+                tokens.append(tok)
+                tok = self._get("sample", tok, tok, "sample", "next")["next"]
+        self.sample_tokens: tuple[str, ...] = tuple(tokens)
+        self._index = {t: i for i, t in enumerate(tokens)}
+
+    @property
+    def nusc(self):
+        """The devkit ``NuScenes`` database (loaded on first use)."""
+        if self._nusc is None:
+            self._nusc = load_nuscenes(self.dataroot, self.version)
+        return self._nusc
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_nusc"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        return len(self.sample_tokens)
+
+    def token_of(self, index_or_token: int | str) -> str:
+        """Sample token of an index or token. Raises IndexError / KeyError naming the dataset."""
+        if isinstance(index_or_token, (int, np.integer)):
+            if not -len(self) <= index_or_token < len(self):
+                raise IndexError(f"{self.dataset_id}: index {index_or_token} out of range ({len(self)} samples)")
+            return self.sample_tokens[index_or_token]
+        if index_or_token not in self._index:
+            raise KeyError(f"{self.dataset_id}: no sample {index_or_token}")
+        return str(index_or_token)
+
+    def _get(self, table: str, token: str, sample_token: str, referrer: str, fld: str) -> dict:
+        """``nusc.get`` with a missing token turned into a SampleError naming the referring table."""
+        try:
+            return self.nusc.get(table, token)
+        except KeyError:
+            path = os.path.join(self.dataroot, self.version, f"{referrer}.json")
+            raise SampleError(sample_token, f"{referrer}.{fld}", f"references missing {table} token {token}",
+                              path) from None
+
+    def _pose(self, sd: dict, sample_token: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(ego_from_sensor, global_from_ego)`` of a sample_data record."""
+        cs = self._get("calibrated_sensor", sd["calibrated_sensor_token"], sample_token, "sample_data",
+                       "calibrated_sensor_token")
+        pose = self._get("ego_pose", sd["ego_pose_token"], sample_token, "sample_data", "ego_pose_token")
+        return (transform_from_quaternion(cs["rotation"], cs["translation"]),
+                transform_from_quaternion(pose["rotation"], pose["translation"]))
+
+    def _sample_data(self, sample: dict, channel: str) -> dict:
+        token = sample["data"].get(channel)
+        if token is None:
+            path = os.path.join(self.dataroot, self.version, "sample_data.json")
+            raise SampleError(sample["token"], f"{channel} sample_data", "missing", path)
+        return self._get("sample_data", token, sample["token"], "sample", f"data[{channel}]")
+
+    def annotations(self, index_or_token: int | str) -> Annotations:
+        """Detection-class annotations of a sample in its LiDAR frame (no point cloud read).
+
+        Raises:
+            SampleError: a referenced record is missing (names the table file and token).
+        """
+        from nuscenes.eval.detection.utils import category_to_detection_name
+
+        token = self.token_of(index_or_token)
+        sample = self._get("sample", token, token, "sample", "token")
+        ego_from_lidar, global_from_ego = self._pose(self._sample_data(sample, LIDAR_CHANNEL), token)
+        lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
+        rows, labels, pts, inst, attrs = [], [], [], [], []
+        for ann_token in sample["anns"]:
+            ann = self._get("sample_annotation", ann_token, token, "sample", "anns")
+            name = category_to_detection_name(ann["category_name"])
+            if name is None:
+                continue
+            try:
+                velocity = self.nusc.box_velocity(ann_token)[:2]
+            except KeyError as exc:
+                path = os.path.join(self.dataroot, self.version, "sample_annotation.json")
+                raise SampleError(token, "sample_annotation.prev/next", f"references missing token {exc}",
+                                  path) from None
+            rows.append((ann["translation"], ann["size"], ann["rotation"], velocity))
+            labels.append(NUSCENES_CLASSES.index(name))
+            pts.append(int(ann["num_lidar_pts"]))
+            inst.append(ann["instance_token"])
+            attrs.append(",".join(self._get("attribute", a, token, "sample_annotation", "attribute_tokens")["name"]
+                                  for a in ann["attribute_tokens"]))
+        if rows:
+            t, s, r, v = (np.array([row[i] for row in rows], dtype=np.float64) for i in range(4))
+            boxes = boxes_from_nuscenes(t, s, r, v, lidar_from_global)
+        else:
+            boxes = np.zeros((0, 9))
+        return Annotations(gt_boxes=boxes, gt_labels=np.array(labels, dtype=np.int64),
+                           num_lidar_pts=np.array(pts, dtype=np.int64), instance_tokens=tuple(inst),
+                           attribute_names=tuple(attrs))
+
+    def global_from_lidar(self, index_or_token: int | str) -> np.ndarray:
+        """``(4, 4)`` float64 pose of the sample's keyframe LiDAR."""
+        token = self.token_of(index_or_token)
+        sample = self._get("sample", token, token, "sample", "token")
+        ego_from_lidar, global_from_ego = self._pose(self._sample_data(sample, LIDAR_CHANNEL), token)
+        return global_from_ego @ ego_from_lidar
+
+    def read(self, index_or_token: int | str) -> Sample:
+        """Load one sample (keyframe points, six cameras, boxes).
+
+        Raises:
+            SampleError: missing / truncated point cloud, missing record or camera (names the
+                sample, field and path). Images are read later by ``CameraInfo.load_image``.
+        """
+        token = self.token_of(index_or_token)
+        sample = self._get("sample", token, token, "sample", "token")
+        lidar_sd = self._sample_data(sample, LIDAR_CHANNEL)
+        ego_from_lidar, global_from_ego = self._pose(lidar_sd, token)
+        lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
+        lidar_path = os.path.join(self.dataroot, lidar_sd["filename"])
+        points = load_points(lidar_path, token)
+        if self.sweeps:
+            points = self._with_sweeps(points, lidar_sd, lidar_from_global, token)
+        cameras = []
+        for name in CAMERA_NAMES:
+            sd = self._sample_data(sample, name)
+            ego_from_cam, global_from_ego_cam = self._pose(sd, token)
+            cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            cameras.append(CameraInfo(
+                name=name, image_path=os.path.join(self.dataroot, sd["filename"]),
+                cam_intrinsic=np.array(cs["camera_intrinsic"], dtype=np.float64), ego_from_cam=ego_from_cam,
+                lidar_from_cam=lidar_from_global @ global_from_ego_cam @ ego_from_cam,
+                timestamp_us=int(sd["timestamp"]), image_size=(int(sd["width"]), int(sd["height"]))))
+        ann = self.annotations(token)
+        scene = self._get("scene", sample["scene_token"], token, "sample", "scene_token")
+        return Sample(sample_token=token, timestamp_us=int(sample["timestamp"]), scene=scene["name"],
+                      lidar_path=lidar_path, points=points, cameras=tuple(cameras), ego_from_lidar=ego_from_lidar,
+                      global_from_ego=global_from_ego, gt_boxes=ann.gt_boxes, gt_labels=ann.gt_labels,
+                      num_lidar_pts=ann.num_lidar_pts, instance_tokens=ann.instance_tokens)
+
+    def _with_sweeps(self, points: np.ndarray, lidar_sd: dict, lidar_from_global: np.ndarray,
+                     token: str) -> np.ndarray:
+        """Keyframe points plus up to ``sweeps`` past sweeps in the keyframe LiDAR frame;
+        column 4 = time lag (s)."""
+        key = points.copy()
+        key[:, 4] = 0.0
+        out = [key]
+        sd = lidar_sd
+        for _ in range(self.sweeps):
+            if not sd["prev"]:
+                break
+            sd = self._get("sample_data", sd["prev"], token, "sample_data", "prev")
+            pts = load_points(os.path.join(self.dataroot, sd["filename"]), token)
+            ego_from_lidar, global_from_ego = self._pose(sd, token)
+            key_from_sweep = lidar_from_global @ global_from_ego @ ego_from_lidar
+            moved = pts.copy()
+            moved[:, :3] = (pts[:, :3].astype(np.float64) @ key_from_sweep[:3, :3].T + key_from_sweep[:3, 3])
+            moved[:, 4] = (lidar_sd["timestamp"] - sd["timestamp"]) / 1e6
+            out.append(moved)
+        return np.concatenate(out, axis=0).astype(np.float32)
+
+
+__all__ = ["Annotations", "NuScenesReader", "NuScenesTableError", "load_nuscenes", "split_scene_names"]
