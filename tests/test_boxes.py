@@ -15,7 +15,10 @@ from storage.boxes import (
     BOX_DIM, box_corners, boxes_from_mmdet3d_v0, boxes_from_mmdet3d_v1, boxes_from_nuscenes, boxes_to_mmdet3d_v1,
     boxes_to_nuscenes, count_points_in_boxes, points_in_boxes, transform_boxes, wrap_angle,
 )
-from storage.transforms import invert_transform, make_transform, rotation_from_quaternion
+from storage.transforms import (
+    apply_transform, invert_transform, make_transform, quaternion_from_rotation, rotation_from_quaternion,
+    transform_from_quaternion, yaw_of,
+)
 
 DEG = np.pi / 180
 
@@ -262,3 +265,23 @@ def test_rotation_helpers_agree_with_pyquaternion():
     for _ in range(10):
         q = Quaternion(rng.normal(size=4)).normalised
         np.testing.assert_allclose(rotation_from_quaternion(q.elements), q.rotation_matrix, atol=1e-12)
+        back = quaternion_from_rotation(q.rotation_matrix)
+        assert back[0] >= 0 and np.allclose(np.abs(back @ q.elements), 1.0)
+    # half turns about x, y, z and near-half turns take the other branches of the conversion
+    for axis in ([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0.2, -1, 0.3]):
+        for angle in (np.pi, np.pi - 1e-3, 2.5):
+            q = Quaternion(axis=axis, angle=angle)
+            back = quaternion_from_rotation(q.rotation_matrix)
+            np.testing.assert_allclose(rotation_from_quaternion(back), q.rotation_matrix, atol=1e-12)
+    with pytest.raises(ValueError, match="zero quaternion"):
+        rotation_from_quaternion(np.zeros(4))
+
+
+def test_transform_helpers():
+    t = transform_from_quaternion(Quaternion(axis=[0, 0, 1], angle=0.4).elements, [1.0, 2.0, 3.0])
+    assert yaw_of(t) == pytest.approx(0.4)
+    pts = np.array([[1.0, 0.0, 0.0, 9.0, 9.0]])
+    out = apply_transform(t, pts)
+    assert out.shape == (1, 3)
+    np.testing.assert_allclose(out, [[1 + np.cos(0.4), 2 + np.sin(0.4), 3.0]])
+    np.testing.assert_allclose(invert_transform(t) @ t, np.eye(4), atol=1e-12)
