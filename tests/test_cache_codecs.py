@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage.cache import Codec, TargetSpec, TargetValueError, dequantize, quantize_per_channel
+from storage.cache import (Codec, TargetSpec, TargetValueError, dequantize, quantize_per_channel,
+                           quantize_sqrt_per_channel)
 from storage.cache.codecs import decode, encode
 
 
@@ -23,6 +24,17 @@ def test_quantisation_error_bound_exact_zeros_and_constant_channels():
     np.testing.assert_array_equal(y[x == 0], 0.0)   # zeros survive exactly (nudged zero point)
     np.testing.assert_array_equal(y[3], x[3])       # constant channel exact
     assert q.data[1].min() == 0 and q.data[1].max() == 255  # full code range used
+
+
+def test_sqrt_companding_keeps_heavy_tails_accurate():
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.standard_normal((4, 64, 64)), 0).astype(np.float32)
+    x[:, 0, 0] = 100.0  # one outlier per channel, max/std ~ 100 (as near-ego cells of a BEV map)
+    lin, sq = dequantize(quantize_per_channel(x)), dequantize(quantize_sqrt_per_channel(x))
+    rel = [np.linalg.norm(y - x) / np.linalg.norm(x) for y in (lin, sq)]
+    assert rel[1] < rel[0] / 3
+    np.testing.assert_array_equal(sq[x == 0], 0.0)
+    assert quantize_sqrt_per_channel(x).power == 2 and sq[:, 0, 0] == pytest.approx(100.0)
 
 
 def test_bitpack_round_trips_odd_sizes():

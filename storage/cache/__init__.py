@@ -9,7 +9,8 @@ arrays and keys), :mod:`~storage.cache.manifest` (commit records), :mod:`~storag
 Importing this package imports zarr and pyarrow (not torch).
 """
 
-from storage.cache.codecs import QuantizedArray, TargetValueError, dequantize, quantize_per_channel
+from storage.cache.codecs import (QuantizedArray, TargetValueError, dequantize, quantize_per_channel,
+                                  quantize_sqrt_per_channel)
 from storage.cache.reader import CachedTargets, CacheReader
 from storage.cache.schema import (DEFAULT_CODECS, SCHEMA_VERSION, CacheSchema, Codec, DatasetInfo, TargetSpec,
                                   TeacherInfo, target_specs_for)
@@ -17,4 +18,5 @@ from storage.cache.writer import CacheWriter, RowResult, ShardReport
 
 __all__ = ["CacheReader", "CacheSchema", "CacheWriter", "CachedTargets", "Codec", "DEFAULT_CODECS",
            "DatasetInfo", "QuantizedArray", "RowResult", "SCHEMA_VERSION", "ShardReport", "TargetSpec",
-           "TargetValueError", "TeacherInfo", "dequantize", "quantize_per_channel", "target_specs_for"]
+           "TargetValueError", "TeacherInfo", "dequantize", "quantize_per_channel",
+           "quantize_sqrt_per_channel", "target_specs_for"]
