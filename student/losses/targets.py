@@ -135,7 +135,7 @@ class TeacherTargets:
         mats = m.expand(b, 4, 4) if m.ndim == 2 else m
         g = self.bev_grid
         w = (lambda t, mode="bilinear": None if t is None else warp_bev(t, mats, g, mode=mode))
-        boxes = [torch.as_tensor(warp_boxes(bx, mats[i].numpy()), dtype=bx.dtype, device=bx.device)
+        boxes = [torch.as_tensor(warp_boxes(bx, mats[i].cpu().numpy()), dtype=bx.dtype, device=bx.device)
                  for i, bx in enumerate(self.boxes)]
         return TeacherTargets(bev_grid=g, bev_features={k: w(v) for k, v in self.bev_features.items()},
                               heatmap=w(self.heatmap), boxes=boxes, scores=list(self.scores), labels=list(self.labels),
