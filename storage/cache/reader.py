@@ -1,9 +1,9 @@
 """Reading a cache: random access to committed rows, typed as :class:`CachedTargets`.
 
 Only rows of committed shards (those with a manifest fragment) are visible. Every read is
-checked twice: Zarr verifies each chunk's Zstd content checksum (or crc32c when uncompressed)
-and the shard index crc32c, and the reader compares the crc32c of the decompressed bytes with
-the manifest's. Any failure raises :class:`storage.errors.CacheCorruptError` naming the sample,
+checked twice: each chunk's Zstd content checksum (or crc32c when uncompressed) and the shard
+index crc32c (:mod:`storage.cache.chunks`), and the crc32c of the decompressed bytes against
+the manifest's (a missing or stale shard fails here). Any failure raises :class:`storage.errors.CacheCorruptError` naming the sample,
 the target and the key.
 """
 
@@ -17,7 +17,8 @@ import pyarrow as pa
 import zarr
 
 from storage.cache import layout, manifest, stores
-from storage.cache.codecs import QuantizedArray, decode
+from storage.cache.chunks import ChunkError, ChunkFetcher, ChunkRequest
+from storage.cache.codecs import QuantizedArray, component_codec, decode
 from storage.cache.schema import SCHEMA_VERSION, CacheSchema, DatasetInfo
 from storage.cache.writer import row_checksum
 from storage.errors import CacheCorruptError, CacheMismatchError, CacheRowError
@@ -95,6 +96,9 @@ class CacheReader:
         self.target_names = targets if targets is not None else [t.name for t in self.schema.targets]
         self._arrays = layout.open_arrays(root, self.schema, self.target_names)
         self.verify_checksums = verify_checksums
+        self._fetcher = ChunkFetcher(self.store, self.schema.shard_size)
+        self._zstd = {(name, comp): component_codec(self.schema.target(name), comp).zstd_level is not None
+                      for name in self.target_names for comp in self._arrays[name]}
         self.sample_tokens = layout.read_samples(self.store)
         self.refresh()
 
@@ -111,7 +115,8 @@ class CacheReader:
                                      f"expected {dataset.to_dict()}")
 
     def refresh(self) -> None:
-        """Reload the manifest (to see shards committed since opening)."""
+        """Reload the manifest (to see shards committed or replaced since opening)."""
+        self._fetcher.clear()
         self.rows: pa.Table = manifest.read_manifest(self.store, [t.name for t in self.schema.targets])
         row = self.rows.column("row").to_numpy()
         self._pos = {int(r): i for i, r in enumerate(row)}
@@ -157,8 +162,9 @@ class CacheReader:
         out = CachedTargets(sample_token=meta["sample_token"], row=r, view=meta["view"],
                             view_matrix=manifest.view_matrix_of(self.rows, self._pos[r]))
         count = None
+        values = self._read_targets(r, meta, decode)
         for name in sorted(self.target_names, key=lambda n: n != "boxes"):  # boxes first: their count
-            value = self._read_target(name, r, meta, decode)
+            value = values[name]
             if name == "boxes":
                 out.boxes, out.scores, out.labels = value
                 count = len(out.boxes)
@@ -184,22 +190,28 @@ class CacheReader:
                                 f"(row {r}) failed in the cache job: {meta['error']}")
         return meta
 
-    def _read_target(self, name: str, r: int, meta: dict[str, Any], dequantize_values: bool) -> Any:
-        spec = self.schema.target(name)
-        comps: dict[str, np.ndarray] = {}
-        for comp, arr in self._arrays[name].items():
-            try:
-                comps[comp] = arr[r]
-            except Exception as e:  # zarr raises codec-specific errors for corrupt bytes
-                raise self._corrupt(meta, name, arr, r, f"cannot decode chunk ({type(e).__name__}: {e})") from e
-        if self.verify_checksums:
-            expected = self._crc[name][self._pos[r]]
-            got = row_checksum(comps)
-            if expected != got:
-                arr = next(iter(self._arrays[name].values()))
-                raise self._corrupt(meta, name, arr, r, f"checksum mismatch (crc32c {got:#010x}, manifest "
-                                    f"{expected if expected is None else hex(expected)}); shard missing or rewritten?")
-        return decode(spec, comps, dequantize_values=dequantize_values)
+    def _read_targets(self, r: int, meta: dict[str, Any], dequantize_values: bool) -> dict[str, Any]:
+        """name -> decoded value of every selected target of row ``r`` (one batched fetch)."""
+        shard, local = divmod(r, self.schema.shard_size)
+        where = [(name, comp, arr) for name in self.target_names for comp, arr in self._arrays[name].items()]
+        got = self._fetcher.fetch([ChunkRequest(key=layout.shard_key(arr, shard), local=local, shape=arr.shape[1:],
+                                                dtype=str(arr.dtype), zstd=self._zstd[name, comp])
+                                   for name, comp, arr in where])
+        comps: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.target_names}
+        for (name, comp, arr), value in zip(where, got):
+            if isinstance(value, ChunkError):
+                raise self._corrupt(meta, name, arr, r, f"component {comp}: {value}")
+            comps[name][comp] = value
+        out = {}
+        for name in self.target_names:
+            if self.verify_checksums:
+                expected, found = self._crc[name][self._pos[r]], row_checksum(comps[name])
+                if expected != found:
+                    arr = next(iter(self._arrays[name].values()))
+                    raise self._corrupt(meta, name, arr, r, f"checksum mismatch (crc32c {found:#010x}, manifest "
+                                        f"{expected if expected is None else hex(expected)})")
+            out[name] = decode(self.schema.target(name), comps[name], dequantize_values=dequantize_values)
+        return out
 
     def _corrupt(self, meta: dict[str, Any], name: str, arr: zarr.Array, r: int, problem: str) -> CacheCorruptError:
         key = layout.shard_key(arr, r // self.schema.shard_size)

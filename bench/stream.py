@@ -1,0 +1,154 @@
+"""Streaming benchmark: a torch DataLoader (2 workers) reading the nuScenes-scale cache.
+
+Workers read rows with ``CacheReader.read(decode=False)`` and ship uint8 codes + per-channel
+scales (BEV, heatmap) and float16 (LiDAR depth, instance features) across processes; the
+consumer (the trainer, on the GPU) dequantises with :func:`storage.cache.dequantize`. The same
+run measures the float32 path (``decode=True``) side by side and prints the ratio.
+
+Target set as bench/storage.py (BEV 256x180x180 + heatmap 10x180x180 + boxes + depth 6x256x704 +
+masks). Goal: >= 50 samples/s with 2 workers on the 2-core dev machine.
+
+Run: ``.venv/bin/python bench/stream.py [--rows 64] [--epochs 2] [--batch-size 4]``
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/storage.py is not `storage`
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from storage.cache import (CacheReader, CacheSchema, CacheWriter, DatasetInfo, QuantizedArray, RowResult,  # noqa: E402
+                           TeacherInfo, dequantize, target_specs_for)
+from storage.cache.synthetic import synthetic_targets  # noqa: E402
+
+
+def _bench_storage():
+    spec = importlib.util.spec_from_file_location("bench_storage", os.path.join(_HERE, "storage.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tensor(x):
+    if isinstance(x, QuantizedArray):
+        return QuantizedArray(*(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+                                for a in x))
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class CachedRows(Dataset):
+    """Rows of a cache as tensors; opens its reader lazily in each worker process."""
+
+    def __init__(self, location: str, decode: bool) -> None:
+        self.location, self.decode = location, decode
+        self._reader: CacheReader | None = None
+        self._len = len(CacheReader(location))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> dict:
+        if self._reader is None:
+            self._reader = CacheReader(self.location)
+        c = self._reader.read(int(self._reader.ok_rows[i]), decode=self.decode)
+        return {"bev": _tensor(c.bev_features["lidar_bev"]), "heatmap": _tensor(c.heatmap),
+                "lidar_depth": _tensor(c.lidar_depth), "fg_mask": _tensor(c.fg_mask),
+                "view_mask": _tensor(c.view_mask), "boxes": _tensor(c.boxes), "scores": _tensor(c.scores),
+                "labels": _tensor(c.labels), "instance_features": _tensor(c.instance_features),
+                "view_matrix": _tensor(c.view_matrix)}
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack fixed-shape targets; keep ragged ones (boxes, scores, labels, instance features) as lists."""
+    ragged = ("boxes", "scores", "labels", "instance_features")
+    out = {k: [b[k] for b in batch] for k in ragged}
+    out.update(torch.utils.data.default_collate([{k: v for k, v in b.items() if k not in ragged} for b in batch]))
+    return out
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _nbytes(x) -> int:
+    if isinstance(x, QuantizedArray):
+        return sum(_nbytes(a) for a in x[:3])
+    if isinstance(x, list):
+        return sum(_nbytes(a) for a in x)
+    return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
+
+
+def stream(location: str, decode: bool, epochs: int, batch_size: int, workers: int) -> tuple[float, float]:
+    """Samples/s over ``epochs`` (after one warm-up batch) and bytes shipped per sample."""
+    ds = CachedRows(location, decode)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=collate,
+                        persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
+    it = iter(loader)
+    first = next(it)
+    shipped = sum(_nbytes(v) for v in first.values()) / batch_size
+    if isinstance(first["bev"], QuantizedArray):  # what the trainer does after .to("cuda"); here once, on CPU
+        assert dequantize(first["bev"]).shape == (batch_size, 256, 180, 180)
+    n, t0 = 0, time.perf_counter()
+    for epoch in range(epochs):
+        for batch in (it if epoch == 0 else loader):
+            n += len(batch["boxes"])
+    return n / (time.perf_counter() - t0), shipped
+
+
+def build_cache(path: str, rows: int, distinct: int) -> None:
+    base = _bench_storage().real_rows(distinct)
+    if base is None:
+        rng = np.random.default_rng(0)
+        base = [synthetic_targets(rng, _bench_storage().SHAPES) for _ in range(distinct)]
+    specs = target_specs_for(base[0], max_boxes=500)
+    schema = CacheSchema(grid=_bench_storage().GRID, teacher=TeacherInfo(name="bench-random-conv"), num_rows=rows,
+                         dataset=DatasetInfo(dataset_id="nuscenes-keyframe-rotations", version="v1.0-mini",
+                                             split="bench"), targets=specs, shard_size=32)
+    tokens = [uuid.UUID(int=i + 1).hex for i in range(rows)]
+    writer = CacheWriter.create(path, schema, tokens, overwrite=True)
+    for i in range(schema.num_shards):
+        writer.write_shard(i, [RowResult(sample_token=t, targets=base[int(t, 16) % distinct])
+                               for t, _ in writer.shard_rows(i)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=64, help="rows in the benchmark cache (default 64)")
+    p.add_argument("--distinct", type=int, default=4, help="distinct samples they cycle through (default 4)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs timed per path (default 2)")
+    p.add_argument("--batch-size", type=int, default=4, help="DataLoader batch size (default 4)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    p.add_argument("--cache", default=None, help="use this existing cache instead of building one")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        location = args.cache or os.path.join(tmp, "cache")
+        if args.cache is None:
+            t = time.perf_counter()
+            build_cache(location, args.rows, args.distinct)
+            print(f"built {args.rows}-row cache in {time.perf_counter() - t:.1f} s at {location}")
+        print(f"# bench/stream.py: DataLoader, {args.workers} workers, batch {args.batch_size}, "
+              f"{os.cpu_count()} CPUs, {args.epochs} epochs per path")
+        u8, u8_bytes = stream(location, False, args.epochs, args.batch_size, args.workers)
+        f32, f32_bytes = stream(location, True, args.epochs, args.batch_size, args.workers)
+    print(f"uint8/fp16 path (decode=False): {u8:6.1f} samples/s, {u8_bytes / 1e6:.2f} MB/sample shipped "
+          f"across processes  (goal >= 50: {'MET' if u8 >= 50 else 'NOT MET'})")
+    print(f"float32 path    (decode=True):  {f32:6.1f} samples/s, {f32_bytes / 1e6:.2f} MB/sample shipped")
+    print(f"ratio uint8/float32: {u8 / f32:.2f}x samples/s, {f32_bytes / u8_bytes:.2f}x fewer bytes shipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
