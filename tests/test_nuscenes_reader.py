@@ -49,8 +49,6 @@ def test_num_lidar_pts_equals_points_in_boxes(reader):
 
 
 def test_boxes_agree_with_devkit_sensor_frame(reader):
-    from pyquaternion import Quaternion
-
     nusc = reader.nusc
     s = reader.read(1)
     _, dev_boxes, _ = nusc.get_sample_data(nusc.get("sample", s.sample_token)["data"]["LIDAR_TOP"])
