@@ -53,11 +53,15 @@ def test_resume_replace_and_row_checks(tmp_path):
     with pytest.raises(ValueError, match="not in shard rows"):
         writer.write_shard(0, [RowResult(sample_token=t, targets=data[t, v]) for t, v in writer.shard_rows(1)])
     assert writer.committed_shards() == [1]  # failed calls committed nothing
-    # replace shard 1 with other data: the reader sees the new rows
+    # replace shard 1 with other data: a reader opened before sees the new rows after refresh()
+    token = writer.shard_rows(1)[0][0]
+    early = CacheReader(cache)
+    np.testing.assert_array_equal(early.read(token).boxes, data[token, 0].boxes)
     other = {k: data[k2] for k, k2 in zip(data, reversed(list(data)))}
     writer.write_shard(1, [RowResult(sample_token=t, targets=other[t, v]) for t, v in writer.shard_rows(1)],
                        replace=True)
-    token = writer.shard_rows(1)[0][0]
+    early.refresh()
+    np.testing.assert_array_equal(early.read(token).boxes, other[token, 0].boxes)
     np.testing.assert_array_equal(CacheReader(cache).read(token).boxes, other[token, 0].boxes)
 
 

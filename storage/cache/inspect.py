@@ -113,6 +113,8 @@ def format_summary(s: CacheSummary) -> str:
                      f"{t.ratio:>7.1f}x")
     total_ratio = s.raw_bytes_per_row / s.stored_bytes_per_row if s.stored_bytes_per_row > 0 else float("nan")
     lines.append(f"{'total':<66}{_mb(s.raw_bytes_per_row):>12}{_mb(s.stored_bytes_per_row):>13}{total_ratio:>7.1f}x")
+    if sc.views > 1:
+        lines.append(f"per sample ({sc.views} views): {_mb(s.stored_bytes_per_row * sc.views)} stored")
     if s.failures:
         lines += ["", "failed rows (first few):"] + [f"  {f}" for f in s.failures]
     lines += ["", "reuse hints:"] + [f"  - {h}" for h in s.hints]

@@ -95,7 +95,9 @@ def row_checksum(comps: dict[str, np.ndarray]) -> int:
     """crc32c of the stored, uncompressed component bytes (component order, C order)."""
     crc = 0
     for arr in comps.values():
-        crc = google_crc32c.extend(crc, np.ascontiguousarray(arr).tobytes())
+        view = np.ascontiguousarray(arr).view()
+        view.setflags(write=False)  # google_crc32c reads read-only buffers without a copy
+        crc = google_crc32c.extend(crc, view.reshape(-1).view(np.uint8))
     return int(crc)
 
 
