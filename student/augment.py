@@ -198,6 +198,42 @@ def image_augmentation_matrix(*, resize: float = 1.0, crop: tuple[float, float] 
     return m
 
 
+@dataclass(frozen=True, kw_only=True)
+class ImageAugConfig:
+    """Random image augmentation of BEVDepth (§4.1; its nuScenes config: resize 0.386-0.55 of
+    1600x900, crop to 704x256 from the bottom, random horizontal flip).
+
+    Attributes:
+        final_size: ``(height, width)`` of the network input, pixels.
+        resize_range: range of the resize factor, relative to the source image.
+        bottom_crop_range: fraction of the resized height cut from the bottom (0 = keep bottom).
+        flip: random horizontal flip with probability 0.5.
+    """
+
+    final_size: tuple[int, int] = (256, 704)
+    resize_range: tuple[float, float] = (0.386, 0.55)
+    bottom_crop_range: tuple[float, float] = (0.0, 0.0)
+    flip: bool = True
+
+    def sample(self, src_size: tuple[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
+        """``(3, 3)`` ``aug_from_orig`` for a source image of ``src_size (width, height)``;
+        ``rng=None`` gives the deterministic test-time transform (mean resize, centred
+        horizontal crop, no flip)."""
+        fh, fw = self.final_size
+        w, h = src_size
+        if rng is None:
+            resize = max(sum(self.resize_range) / 2, fw / w, fh / h)
+            bottom, flip = float(np.mean(self.bottom_crop_range)), False
+        else:
+            resize = max(float(rng.uniform(*self.resize_range)), fw / w, fh / h)
+            bottom, flip = float(rng.uniform(*self.bottom_crop_range)), bool(self.flip and rng.random() < 0.5)
+        new_w, new_h = int(w * resize), int(h * resize)
+        top = int((1 - bottom) * new_h) - fh
+        left = (new_w - fw) // 2 if rng is None else int(rng.integers(0, max(new_w - fw, 0) + 1))
+        return image_augmentation_matrix(resize=resize, crop=(float(left), float(max(top, 0))), flip=flip,
+                                         out_width=fw)
+
+
 def warp_images(images: torch.Tensor, img_aug: np.ndarray | torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """Apply ``aug_from_orig`` to images by inverse bilinear sampling.
 
@@ -237,7 +273,9 @@ def warp_depth(depth: torch.Tensor, img_aug: np.ndarray | torch.Tensor, out_size
 
     Args:
         depth: ``(N, h_in, w_in)`` float metres, 0 = no point.
-        img_aug: ``(3, 3)`` or ``(N, 3, 3)`` ``aug_from_orig`` in *pixels*.
+        img_aug: ``(3, 3)`` or ``(N, 3, 3)`` pixel transform from the image the depth map was
+            built for to the augmented image (if the cache built depth for a resized image with
+            ``K' = S @ K``, pass ``img_aug @ inverse(S)``).
         out_size: ``(h, w)`` cells of the output.
         src_stride: pixels per source cell (1 for full-resolution depth maps).
         dst_stride: pixels per output cell (e.g. 16 to land directly on the depth-net grid).

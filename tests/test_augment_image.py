@@ -71,3 +71,18 @@ def test_warp_depth_to_a_coarser_stride_is_min_pooling():
     full = torch.from_numpy(lidar_depth_maps(pts, k, l2c, (128, 48), stride=1))
     coarse = warp_depth(full, np.eye(3), (3, 8), dst_stride=16)
     assert np.array_equal(coarse.numpy(), lidar_depth_maps(pts, k, l2c, (128, 48), stride=16))
+
+
+def test_random_image_augmentation_stays_inside_the_source_image():
+    from student.augment import ImageAugConfig
+
+    cfg = ImageAugConfig()
+    rng = np.random.default_rng(0)
+    for a in [cfg.sample((1600, 900), rng) for _ in range(20)] + [cfg.sample((1600, 900))]:
+        # the four output corners come from inside the 1600x900 source image
+        corners = np.array([[0, 0, 1], [704, 0, 1], [0, 256, 1], [704, 256, 1]], dtype=float)
+        src = corners @ np.linalg.inv(a).T
+        assert (src[:, 0] >= -1e-6).all() and (src[:, 0] <= 1600 + 1e-6).all()
+        assert (src[:, 1] >= -1e-6).all() and (src[:, 1] <= 900 + 1e-6).all()
+    test_time = cfg.sample((1600, 900))
+    assert test_time[0, 0] > 0 and np.allclose(test_time, cfg.sample((1600, 900)))  # deterministic, unflipped
