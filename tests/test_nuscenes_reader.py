@@ -214,3 +214,44 @@ def test_info_command_reads_mmdet3d_infos(keyframe_info, capsys):
     assert main(["info", "--info", str(keyframe_info)]) == 0
     out = capsys.readouterr().out
     assert "samples: 1 (read 1), scenes: 1" in out and "points per sample: mean 34688" in out
+
+
+def test_table_level_dangling_reference_names_the_table(broken):
+    from storage.nuscenes_reader import NuScenesTableError
+
+    path = broken / "v1.0-mini" / "instance.json"
+    instances = json.loads(path.read_text())
+    instances[0]["category_token"] = "c" * 32
+    _replace(path, json.dumps(instances).encode())
+    with pytest.raises(NuScenesTableError, match="category token c{32}") as exc:
+        NuScenesReader(broken, split="mini_val")
+    assert str(path) in str(exc.value) and instances[0]["token"] in str(exc.value)
+
+
+def _reader_parser():
+    import argparse
+
+    from storage.readers import add_reader_arguments
+
+    parser = argparse.ArgumentParser()
+    add_reader_arguments(parser)
+    return parser
+
+
+def test_reader_from_args_nuscenes(synth_dataroot):
+    from storage.readers import reader_from_args
+
+    parser = _reader_parser()
+    nus = reader_from_args(parser.parse_args(["--dataroot", str(synth_dataroot), "--split", "mini_train"]))
+    assert nus.dataset_id == "nuscenes:v1.0-mini:mini_train" and len(nus) == 3
+    with pytest.raises(ValueError, match="--dataroot DIR"):
+        reader_from_args(parser.parse_args([]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataroot", "a", "--info", "b"])
+
+
+def test_reader_from_args_mmdet3d(keyframe_info):
+    from storage.readers import reader_from_args
+
+    mm = reader_from_args(_reader_parser().parse_args(["--info", str(keyframe_info)]))
+    assert mm.dataset_id.startswith("mmdet3d:") and len(mm) == 1
