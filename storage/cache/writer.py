@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import google_crc32c
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from storage.cache import layout, manifest, stores
 from storage.cache.codecs import TargetValueError, components, encode
@@ -127,7 +128,7 @@ class CacheWriter:
                              f"must equal schema.num_rows {schema.num_rows}")
         store = stores.open_store(location, storage_options=storage_options)
         if overwrite:
-            zarr.core.sync.sync(store.delete_dir(""))
+            sync(store.delete_dir(""))
         root = layout.create_arrays(store, schema, overwrite=overwrite)
         layout.write_samples(store, tokens)
         return cls(store, root, schema, tokens)
