@@ -83,6 +83,8 @@ def gaussian_fg_heatmap(gt_boxes: np.ndarray, gt_labels: np.ndarray, bev_grid: B
 
 def _cam_from_lidar(lidar_from_cam: np.ndarray) -> np.ndarray:
     r, t = lidar_from_cam[:3, :3], lidar_from_cam[:3, 3]
+    if not np.allclose(r.T @ r, np.eye(3), atol=1e-9):  # a scaled BEV view (view_matrix @ lidar_from_cam)
+        return np.linalg.inv(lidar_from_cam)
     out = np.eye(4)
     out[:3, :3], out[:3, 3] = r.T, -r.T @ t
     return out

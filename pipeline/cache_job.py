@@ -1,0 +1,353 @@
+"""The cache job's unit of work, Ray-free: one shard of the cache from a teacher and a reader.
+
+:func:`process_shard` reads the shard's samples, checks their camera images, runs the teacher
+in batches (on the BEV-augmented points for views > 0), adds the network-free LiDAR-guided
+targets (:func:`teachers.targets.build_lidar_targets`) and writes the whole shard, then its
+manifest fragment (:meth:`storage.cache.CacheWriter.write_shard`). A sample whose inputs are
+broken (missing file, truncated point cloud, bad JPEG, NaN points) becomes a failed row with its
+reason; the rest of the shard is written. :mod:`pipeline.ray_runner` only schedules these units;
+:func:`run_loop` runs them in a plain loop (tests, benchmarks, debugging).
+
+Views (``--views K``): row ``view 0`` is the plain sample; views ``1..K`` are BEV augmentations
+(BEVDet §3.3) drawn by :class:`ViewAugmentConfig` from a seed, the sample token and the view
+index, so a rerun draws the same matrices. Points, GT boxes and ``lidar_from_cam`` are moved by
+the view matrix, so BEV targets (features, heatmap, boxes, masks) are in the view's frame
+(``view_matrix @ p_lidar``). Camera-frame targets (``lidar_depth``) do not change under a BEV
+augmentation (images are untouched) and are computed once per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from storage.boxes import transform_boxes
+from storage.cache import CacheWriter, RowResult, manifest, stores
+from storage.errors import SampleError
+from storage.sample import Sample, SampleReader
+from storage.targets import SampleTargets
+from student.augment import bev_augmentation_matrix
+from teachers.input import TeacherInput
+from teachers.output import TeacherOutput
+from teachers.targets import fg_mask_from_boxes, lidar_depth_maps, scaled_cameras, view_masks
+
+#: LiDAR-guided target names built without the network.
+LIDAR_TARGETS = ("fg_mask", "view_mask", "lidar_depth")
+IMAGE_CHECKS = ("decode", "draft", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViewAugmentConfig:
+    """Random BEV augmentation of views ``k > 0`` (BEVDet §3.3; BEVDepth's nuScenes ranges).
+
+    ``view_matrix = scale * R_z(rotation) @ F`` with rotation uniform in ``rotation_range``
+    (radians, default +-22.5 deg), scale uniform in ``scale_range`` (default 0.95-1.05) and each
+    of the x / y mirrors applied with probability ``flip_prob`` (see
+    :func:`student.augment.bev_augmentation_matrix`). The draw depends only on ``seed``, the
+    sample token and the view index.
+    """
+
+    rotation_range: tuple[float, float] = (-np.pi / 8, np.pi / 8)
+    scale_range: tuple[float, float] = (0.95, 1.05)
+    flip_prob: float = 0.5
+    seed: int = 0
+
+    def matrix(self, sample_token: str, view: int) -> np.ndarray:
+        """``(4, 4)`` float64 ``aug_from_lidar`` of a row; identity for view 0."""
+        if view == 0:
+            return np.eye(4)
+        rng = np.random.default_rng([self.seed, zlib.crc32(sample_token.encode()), view])
+        return bev_augmentation_matrix(rotation=float(rng.uniform(*self.rotation_range)),
+                                       scale=float(rng.uniform(*self.scale_range)),
+                                       flip_x=bool(rng.random() < self.flip_prob),
+                                       flip_y=bool(rng.random() < self.flip_prob))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheJobConfig:
+    """What the cache job computes and stores (recorded in the cache; see :func:`plan_cache`).
+
+    Args:
+        targets: target names to store (``bev_features/<stage>``, ``heatmap``, ``boxes``,
+            ``instance_features``, ``fg_mask``, ``view_mask``, ``lidar_depth``, ...); None
+            stores everything the teacher and the LiDAR builders produce.
+        shard_size: rows per shard (one unit of work, one commit).
+        views: BEV-augmented views stored per sample besides the plain one (rows per sample
+            is ``1 + views``).
+        batch_size: rows per teacher forward.
+        image_size: ``(w, h)`` pixels of the student's resized images; the camera-dependent
+            targets (``view_mask``, ``lidar_depth``) use the intrinsics scaled to it.
+        depth_stride: pixel stride of ``lidar_depth`` (BEVDepth §3.2 uses 16).
+        max_depth: frustum depth limit of ``view_mask``, m.
+        max_boxes: capacity ``M_max`` of ``boxes`` / ``instance_features``.
+        image_check: how camera images are checked so a broken JPEG fails its row:
+            ``decode`` (full decode), ``draft`` (JPEG DCT-scaled 1/8 decode: reads the whole
+            entropy-coded stream, so truncation and corruption are caught) or ``none``.
+        augment: the BEV augmentation of views > 0.
+        torch_threads: ``torch.set_num_threads`` in each worker (Ray sets OMP threads to 1).
+    """
+
+    targets: tuple[str, ...] | None = None
+    shard_size: int = 32
+    views: int = 0
+    batch_size: int = 4
+    image_size: tuple[int, int] = (704, 256)
+    depth_stride: int = 16
+    max_depth: float = 60.0
+    max_boxes: int = 500
+    image_check: str = "draft"
+    augment: ViewAugmentConfig = field(default_factory=ViewAugmentConfig)
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.image_check not in IMAGE_CHECKS:
+            raise ValueError(f"CacheJobConfig.image_check must be one of {IMAGE_CHECKS}, got {self.image_check!r}")
+        if self.shard_size < 1 or self.views < 0 or self.batch_size < 1 or self.depth_stride < 1:
+            raise ValueError("CacheJobConfig: shard_size, batch_size, depth_stride must be >= 1 and views >= 0")
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
+
+
+@dataclass(kw_only=True)
+class StageTimes:
+    """Seconds spent per stage (summed over workers for a job)."""
+
+    read: float = 0.0
+    teacher: float = 0.0
+    targets: float = 0.0
+    encode: float = 0.0
+    write: float = 0.0
+
+    def add(self, other: "StageTimes") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+@dataclass(kw_only=True)
+class ShardResult:
+    """What one unit of work reports (its manifest fragment is already committed).
+
+    Attributes:
+        shard_index: the shard.
+        rows_ok / rows_failed: committed rows by status.
+        nbytes: compressed bytes per target written for this shard.
+        errors: reasons of the failed rows (``sample <token> ...: <field> <problem> at <path>``).
+        times: stage times of this shard.
+        skipped: the shard was already committed (resume); nothing was written.
+    """
+
+    shard_index: int
+    rows_ok: int = 0
+    rows_failed: int = 0
+    nbytes: dict[str, int] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+    times: StageTimes = field(default_factory=StageTimes)
+    skipped: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.rows_ok + self.rows_failed
+
+
+def check_images(sample: Sample, mode: str = "draft") -> None:
+    """Open (and decode, see :class:`CacheJobConfig` ``image_check``) the six camera images.
+
+    Raises:
+        SampleError: an image is missing, undecodable, or its size differs from the recorded one.
+    """
+    if mode == "none":
+        return
+    from PIL import Image, UnidentifiedImageError
+
+    for cam in sample.cameras:
+        try:
+            with Image.open(cam.image_path) as im:
+                size = im.size
+                if mode == "draft":
+                    im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                im.load()
+        except FileNotFoundError:
+            raise SampleError(sample.sample_token, f"{cam.name} image", "missing", cam.image_path) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise SampleError(sample.sample_token, f"{cam.name} image", f"unreadable ({exc})",
+                              cam.image_path) from None
+        if tuple(size) != tuple(cam.image_size):
+            raise SampleError(sample.sample_token, f"{cam.name} image",
+                              f"is {size[0]}x{size[1]}, recorded {cam.image_size[0]}x{cam.image_size[1]}",
+                              cam.image_path)
+
+
+def augment_sample(sample: Sample, view_matrix: np.ndarray) -> Sample:
+    """The sample seen in a BEV view: points, GT boxes and ``lidar_from_cam`` moved by
+    ``view_matrix`` (``(4, 4)`` float64 ``aug_from_lidar``); the identity returns ``sample``."""
+    if np.array_equal(view_matrix, np.eye(4)):
+        return sample
+    pts = sample.points.copy()
+    pts[:, :3] = (sample.points[:, :3].astype(np.float64) @ view_matrix[:3, :3].T + view_matrix[:3, 3]).astype(np.float32)
+    cams = tuple(dataclasses.replace(c, lidar_from_cam=view_matrix @ c.lidar_from_cam) for c in sample.cameras)
+    return dataclasses.replace(sample, points=pts, gt_boxes=transform_boxes(sample.gt_boxes, view_matrix),
+                               cameras=cams)
+
+
+def lidar_targets(view: Sample, grid: Any, config: CacheJobConfig, wanted: set[str],
+                  lidar_depth: np.ndarray | None) -> SampleTargets:
+    """The network-free targets of one row (``view`` already augmented), only those in ``wanted``;
+    ``lidar_depth`` of the sample is passed in (the same for every view)."""
+    out = SampleTargets(lidar_depth=lidar_depth if "lidar_depth" in wanted else None)
+    if "fg_mask" in wanted:
+        out.fg_mask = fg_mask_from_boxes(view.gt_boxes, grid)
+    if "view_mask" in wanted:
+        ks, l2c = scaled_cameras(view, config.image_size)
+        out.view_mask = view_masks(ks, l2c, config.image_size, grid, max_depth=config.max_depth)
+    return out
+
+
+def sample_lidar_depth(sample: Sample, config: CacheJobConfig) -> np.ndarray:
+    """``(6, h // stride, w // stride)`` float32 LiDAR depth of the plain view (BEVDepth §3.2)."""
+    ks, l2c = scaled_cameras(sample, config.image_size)
+    return lidar_depth_maps(sample.points, ks, l2c, config.image_size, config.depth_stride)
+
+
+def teacher_forward(teacher: nn.Module, views: Sequence[Sample]) -> TeacherOutput:
+    """One teacher forward on ``views`` (on the teacher's device; images when it asks for them
+    through an ``input_image_size`` ``(w, h)`` attribute)."""
+    device = next(iter(teacher.parameters()), torch.empty(0)).device
+    batch = TeacherInput.from_samples(views, image_size=getattr(teacher, "input_image_size", None), device=device)
+    with torch.inference_mode():
+        return teacher(batch)
+
+
+@dataclass(kw_only=True, eq=False)
+class _Pending:
+    """One row waiting for the teacher: the augmented sample and what the row needs besides."""
+
+    view: Sample
+    index: int
+    matrix: np.ndarray
+    lidar_depth: np.ndarray | None
+
+
+def _failed_rows(sample_token: str, views: Sequence[int], reason: str, config: CacheJobConfig) -> list[RowResult]:
+    return [RowResult(sample_token=sample_token, view=v, view_matrix=config.augment.matrix(sample_token, v),
+                      error=reason) for v in views]
+
+
+def _flush(teacher: nn.Module, items: list[_Pending], writer: CacheWriter, config: CacheJobConfig,
+           times: StageTimes) -> list[RowResult]:
+    """Teacher forward on ``items`` plus their LiDAR targets. A batch whose forward raises is
+    retried sample by sample so one bad sample fails alone (its reason: the exception)."""
+    t0 = time.perf_counter()
+    try:
+        out = teacher_forward(teacher, [it.view for it in items])
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        times.teacher += time.perf_counter() - t0
+        if len(items) > 1:
+            return [r for it in items for r in _flush(teacher, [it], writer, config, times)]
+        it = items[0]
+        reason = f"sample {it.view.sample_token} view {it.index}: teacher failed ({type(exc).__name__}: {exc})"
+        return _failed_rows(it.view.sample_token, [it.index], reason, config)
+    times.teacher += time.perf_counter() - t0
+    if not out.bev_grid.same_as(writer.schema.grid):
+        raise ValueError(f"teacher output grid {out.bev_grid.to_dict()} differs from the cache grid "
+                         f"{writer.schema.grid.to_dict()}")
+    t0 = time.perf_counter()
+    wanted = {s.name for s in writer.schema.targets}
+    rows = []
+    for j, it in enumerate(items):
+        st = out.sample_targets(j)
+        lt = lidar_targets(it.view, writer.schema.grid, config, wanted, it.lidar_depth)
+        st.fg_mask, st.view_mask, st.lidar_depth, st.view_matrix = lt.fg_mask, lt.view_mask, lt.lidar_depth, it.matrix
+        rows.append(RowResult(sample_token=it.view.sample_token, view=it.index, scene=it.view.scene,
+                              timestamp_us=it.view.timestamp_us, view_matrix=it.matrix, targets=st))
+    times.targets += time.perf_counter() - t0
+    return rows
+
+
+def _grouped(rows: Sequence[tuple[str, int]]) -> list[tuple[str, list[int]]]:
+    out: list[tuple[str, list[int]]] = []
+    for token, view in rows:
+        if out and out[-1][0] == token:
+            out[-1][1].append(view)
+        else:
+            out.append((token, [view]))
+    return out
+
+
+def shard_rows(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, shard_index: int,
+               config: CacheJobConfig, times: StageTimes) -> Iterator[RowResult]:
+    """The :class:`RowResult` of every row of a shard, in row order, produced batch by batch
+    (so only encoded rows stay in memory); stage times are added to ``times``."""
+    wanted = {s.name for s in writer.schema.targets}
+    pending: list[_Pending] = []
+    for token, views in _grouped(writer.shard_rows(shard_index)):
+        t0 = time.perf_counter()
+        try:
+            sample = reader.read(token)
+            check_images(sample, config.image_check)
+        except SampleError as exc:
+            times.read += time.perf_counter() - t0
+            yield from _failed_rows(token, views, str(exc), config)
+            continue
+        times.read += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        depth = sample_lidar_depth(sample, config) if "lidar_depth" in wanted else None
+        for v in views:
+            m = config.augment.matrix(token, v)
+            pending.append(_Pending(view=augment_sample(sample, m), index=v, matrix=m, lidar_depth=depth))
+        times.targets += time.perf_counter() - t0
+        while len(pending) >= config.batch_size:
+            yield from _flush(teacher, pending[:config.batch_size], writer, config, times)
+            pending = pending[config.batch_size:]
+    if pending:
+        yield from _flush(teacher, pending, writer, config, times)
+
+
+def committed_result(writer: CacheWriter, shard_index: int) -> ShardResult | None:
+    """The :class:`ShardResult` (``skipped=True``) of an already committed shard, else None."""
+    table = manifest.read_fragment(writer.store, shard_index)
+    if table is None:
+        return None
+    status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
+    failed = tuple(e for s, e in zip(status, errors) if s != manifest.STATUS_OK)
+    return ShardResult(shard_index=shard_index, rows_ok=len(status) - len(failed), rows_failed=len(failed),
+                       errors=failed, skipped=True)
+
+
+def process_shard(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, shard_index: int,
+                  config: CacheJobConfig) -> ShardResult:
+    """The unit of work: compute and commit shard ``shard_index`` (whole shard, then its
+    manifest fragment). Idempotent: a committed shard is skipped (``skipped=True``).
+
+    Args:
+        teacher: the loaded teacher (eval mode), ``forward(TeacherInput) -> TeacherOutput``.
+        reader: the dataset reader the cache was planned from.
+        writer: the open cache (:func:`pipeline.cache_plan.plan_cache`).
+        shard_index: which shard.
+        config: the job config the cache was planned with.
+
+    Returns:
+        the shard's counts, failure reasons, bytes and stage times.
+
+    Raises:
+        ValueError: the teacher's output grid differs from the cache's.
+    """
+    done = committed_result(writer, shard_index)
+    if done is not None:
+        return done
+    times = StageTimes()
+    report = writer.write_shard(shard_index, shard_rows(teacher, reader, writer, shard_index, config, times))
+    times.encode, times.write = report.encode_s, report.write_s
+    failed = committed_result(writer, shard_index)
+    return ShardResult(shard_index=shard_index, rows_ok=report.rows_ok, rows_failed=report.rows_failed,
+                       nbytes=dict(report.nbytes), errors=failed.errors if failed else (), times=times)
