@@ -158,3 +158,32 @@ def test_teacher_targets_warped_moves_every_field():
     assert w.fg_mask.dtype == torch.bool and w.view_mask.shape == (2, 6, 32, 32)
     assert torch.equal(w.lidar_depth, t.lidar_depth)  # image-space target: untouched by BEV augmentation
     assert not torch.equal(w.fg_mask[0], w.fg_mask[1])
+
+
+def test_consistency_figure(artefacts):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a, boxes = GENERAL["rot25_scale1.05"], _boxes()
+    aug_boxes = warp_boxes(boxes, a)
+    orig = fg_mask_from_boxes(boxes, GRID)
+    warped = warp_bev(torch.from_numpy(orig), a, GRID).numpy()
+    direct = fg_mask_from_boxes(aug_boxes, GRID)
+    heat = (lambda b: build_center_targets([b], [np.zeros(len(b), np.int64)], GRID, [(0,)])[0].heatmap[0, 0])
+    panels = [("fg mask, original", orig), ("warped by augmentation", warped), ("from augmented boxes", direct),
+              ("differences (border)", direct != warped), ("heatmap warped", warp_bev(heat(boxes), a, GRID).numpy()),
+              ("heatmap from augmented boxes", heat(aug_boxes).numpy())]
+    fig, axes = plt.subplots(1, 6, figsize=(18, 3.4))
+    for ax, (title, img) in zip(axes, panels):
+        ax.imshow(np.asarray(img, dtype=float), origin="lower", cmap="viridis")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("BEV augmentation (rot 25 deg, scale 1.05): warped cached targets vs targets of augmented input")
+    path = artefacts / "student_augment_consistency.png"
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    assert path.stat().st_size > 5000
+    assert (direct & warped).sum() > 0.6 * direct.sum()
