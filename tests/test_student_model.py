@@ -111,6 +111,15 @@ def test_forward_shapes_and_backward(simdistill):
     assert model.depth_net.depth[-1].weight.grad.abs().sum() > 0
 
 
+def test_predict_decodes_boxes_on_the_student_grid():
+    torch.manual_seed(0)
+    model = StudentModel(StudentConfig.tiny()).eval()
+    boxes, scores, labels = model.predict(tiny_batch(), score_threshold=0.0, max_boxes=7)
+    assert len(boxes) == 2 and boxes[0].shape == (7, 9) and scores[0].shape == (7,) and labels[0].dtype == torch.int64
+    r = StudentConfig.tiny().bev_grid.point_cloud_range
+    assert (boxes[0][:, 0] >= r[0]).all() and (boxes[0][:, 0] <= r[3]).all()
+
+
 def test_config_round_trips_through_json_and_rejects_bad_inputs():
     cfg = StudentConfig.tiny(simdistill=True)
     assert StudentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

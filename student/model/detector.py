@@ -19,7 +19,7 @@ from student.model.lss import DepthNet, camera_params, depth_bin_centers, frustu
 from student.model.resnet import ResNet, load_torchvision_weights
 from student.model.simdistill import ConvFuser, GeometryCompensation
 from student.model.types import StudentBatch, StudentOutput
-from teachers.centerhead import CenterHead, CenterHeadConfig
+from teachers.centerhead import NUSCENES_NMS_RADIUS, CenterHead, CenterHeadConfig, decode_boxes
 
 
 class StudentModel(nn.Module):
@@ -102,3 +102,13 @@ class StudentModel(nn.Module):
                              head=self.head(bev_feature), depth_logits=unflat(depth_logits),
                              depth_probs=unflat(depth_probs), image_features=unflat(feat),
                              sim_lidar_bev=sim_lidar_bev, fused_bev=fused_bev, num_classes=self.config.num_classes)
+
+    @torch.no_grad()
+    def predict(self, batch: StudentBatch, score_threshold: float = 0.1, max_boxes: int = 500,
+                nms_radius: tuple[float, ...] | None = NUSCENES_NMS_RADIUS
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Decoded boxes per sample (:func:`teachers.centerhead.decode_boxes`): boxes ``(M, 9)``
+        float32 in the (augmented) lidar frame, scores ``(M,)``, labels ``(M,)`` int64."""
+        out = self(batch)
+        return decode_boxes(out.head, self.config.bev_grid, score_threshold=score_threshold, max_boxes=max_boxes,
+                            nms_radius=nms_radius)
