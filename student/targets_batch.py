@@ -1,0 +1,292 @@
+"""Teacher targets in flight: packed small on the loader side, decoded late on the training device.
+
+A DataLoader worker reads a cache row with ``CacheReader.read(..., decode=False)``: uint8 maps
+stay :class:`storage.cache.QuantizedArray` (codes + per-channel scale/offset), float16 stays
+float16, masks are bool. :func:`collate_targets` stacks rows into a :class:`PackedTargets` of
+torch tensors in those small dtypes, so what crosses the worker -> trainer queue (shared memory)
+is ~4x smaller than float32. :func:`unpack_targets` moves them to the device and dequantises
+there (``code ** power * scale + offset``, :func:`storage.cache.dequantize`).
+
+:func:`align_targets` then brings the targets into the student's augmented frames (the same
+code for cached and live-teacher targets, so "cached = online" is one equality):
+
+* BEV maps, heatmaps and masks by ``residual_bev`` (``student_aug @ inverse(view_matrix)``,
+  :func:`student.augment.residual_transform`), with the semantics of :meth:`TeacherTargets.warped`
+  (bilinear maps, nearest masks, boxes moved with their yaw and velocity) but one sampling grid
+  and one ``grid_sample`` per dtype for the whole batch (:func:`warp_bev_targets`);
+* per-camera LiDAR depth by ``residual_img`` (student ``img_aug`` relative to the image geometry
+  the cache's depth maps were built for), min-preserving (:func:`student.augment.warp_depth`);
+  teacher depth distributions are resampled bilinearly (a convex mix stays a distribution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from storage.cache import QuantizedArray, dequantize
+from storage.grid import BEVGrid
+from student.augment import warp_boxes, warp_depth, warp_images
+from student.losses.targets import TeacherSpec, TeacherTargets
+
+_DENSE = ("heatmap", "lidar_depth", "depth_probs", "fg_mask", "view_mask")
+_RAGGED = ("boxes", "scores", "labels", "instance_features")
+
+
+@dataclass(kw_only=True, eq=False)
+class PackedTargets:
+    """A batch of B target rows in their stored dtypes (torch tensors, CPU until :meth:`to`).
+
+    Attributes:
+        bev_grid: grid of the BEV maps (the cache's grid).
+        dense: field name (``bev_features/<stage>``, ``heatmap``, ``lidar_depth``, ``depth_probs``,
+            ``fg_mask``, ``view_mask``) -> ``(B, ...)`` tensor (float16/float32/bool), or a
+            :class:`QuantizedArray` of ``(B, C, ...)`` uint8 codes with ``(B, C)`` scale/offset.
+        ragged: ``boxes`` ``(M_i, 9)`` float32, ``scores`` ``(M_i,)``, ``labels`` ``(M_i,)`` int64,
+            ``instance_features`` ``(M_i, C)`` float16/32: one tensor per sample.
+        residual_bev: ``(B, 4, 4)`` float64, student's augmented lidar frame <- the row's BEV frame.
+        residual_img: ``(B, 6, 3, 3)`` float64, student's augmented pixels <- the pixels the
+            cached depth maps were built for.
+        depth_out_size: ``(h, w)`` cells of the aligned per-camera depth maps.
+        depth_stride: pixels per cell of the cached depth maps (and of the aligned ones).
+    """
+
+    bev_grid: BEVGrid
+    dense: dict[str, Any] = field(default_factory=dict)
+    ragged: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    residual_bev: torch.Tensor | None = None
+    residual_img: torch.Tensor | None = None
+    depth_out_size: tuple[int, int] | None = None
+    depth_stride: float = 16.0
+
+    def nbytes(self) -> int:
+        """Bytes of every tensor (what a worker ships per batch)."""
+        total = 0
+        for v in self.dense.values():
+            for t in (v if isinstance(v, QuantizedArray) else (v,)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total + sum(t.numel() * t.element_size() for ts in self.ragged.values() for t in ts)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedTargets":
+        """A copy with the dense and ragged tensors on ``device`` (residuals stay on the CPU)."""
+        mv = (lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t)
+        dense = {k: (QuantizedArray(*(mv(x) for x in v)) if isinstance(v, QuantizedArray) else mv(v))
+                 for k, v in self.dense.items()}
+        return PackedTargets(bev_grid=self.bev_grid, dense=dense,
+                             ragged={k: [mv(t) for t in ts] for k, ts in self.ragged.items()},
+                             residual_bev=self.residual_bev, residual_img=self.residual_img,
+                             depth_out_size=self.depth_out_size, depth_stride=self.depth_stride)
+
+
+def row_fields(row: Any) -> dict[str, Any]:
+    """Field name -> value of a cached row (:class:`storage.cache.CachedTargets`) or of a
+    :class:`storage.targets.SampleTargets`; absent targets are left out."""
+    out: dict[str, Any] = {f"bev_features/{k}": v for k, v in row.bev_features.items()}
+    for name in _DENSE + _RAGGED:
+        value = getattr(row, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _stack(name: str, values: Sequence[Any]) -> Any:
+    if isinstance(values[0], QuantizedArray):
+        powers = {int(v.power) for v in values}
+        if len(powers) != 1:
+            raise ValueError(f"collate_targets: {name} rows mix companding powers {sorted(powers)}")
+        return QuantizedArray(torch.from_numpy(np.stack([v.data for v in values])),
+                              torch.from_numpy(np.stack([v.scale for v in values]).astype(np.float32)),
+                              torch.from_numpy(np.stack([v.offset for v in values]).astype(np.float32)),
+                              powers.pop())
+    return torch.from_numpy(np.stack([np.asarray(v) for v in values]))
+
+
+def collate_targets(rows: Sequence[Any], bev_grid: BEVGrid, residual_bev: np.ndarray, residual_img: np.ndarray,
+                    depth_out_size: tuple[int, int] | None, depth_stride: float) -> PackedTargets:
+    """Stack B rows (``CachedTargets`` read with ``decode=False``, or ``SampleTargets``).
+
+    Only targets present in every row are kept (a row's fields are those of its cache).
+
+    Args:
+        rows: B rows, all from the same cache (same targets and codecs).
+        residual_bev: ``(B, 4, 4)``; residual_img: ``(B, 6, 3, 3)`` (see :class:`PackedTargets`).
+
+    Raises:
+        ValueError: rows of one batch disagree on the codec of a target.
+    """
+    per_row = [row_fields(r) for r in rows]
+    names = set.intersection(*(set(f) for f in per_row)) if per_row else set()
+    dense = {n: _stack(n, [f[n] for f in per_row]) for n in sorted(names) if n not in _RAGGED}
+    ragged = {n: [torch.from_numpy(np.ascontiguousarray(f[n])) for f in per_row] for n in sorted(names) if n in _RAGGED}
+    return PackedTargets(bev_grid=bev_grid, dense=dense, ragged=ragged,
+                         residual_bev=torch.as_tensor(np.asarray(residual_bev), dtype=torch.float64),
+                         residual_img=torch.as_tensor(np.asarray(residual_img), dtype=torch.float64),
+                         depth_out_size=depth_out_size, depth_stride=float(depth_stride))
+
+
+def _decoded(value: Any) -> torch.Tensor:
+    if isinstance(value, QuantizedArray):
+        return dequantize(value)
+    return value if value.dtype == torch.bool else value.float()
+
+
+def unpack_targets(packed: PackedTargets, device: torch.device | str) -> TeacherTargets:
+    """Move to ``device`` and dequantise there: uint8 -> float32, float16 -> float32 (still in
+    the rows' own frames; see :func:`align_targets`)."""
+    p = packed.to(device, non_blocking=True)
+    d = {k: _decoded(v) for k, v in p.dense.items()}
+    ragged = {k: [t.float() if t.is_floating_point() else t.long() for t in ts] for k, ts in p.ragged.items()}
+    return TeacherTargets(bev_grid=p.bev_grid,
+                          bev_features={k.split("/", 1)[1]: v for k, v in d.items() if k.startswith("bev_features/")},
+                          heatmap=d.get("heatmap"), boxes=ragged.get("boxes", []), scores=ragged.get("scores", []),
+                          labels=ragged.get("labels", []), instance_features=ragged.get("instance_features", []),
+                          lidar_depth=d.get("lidar_depth"), depth_probs=d.get("depth_probs"),
+                          fg_mask=d.get("fg_mask"), view_mask=d.get("view_mask"))
+
+
+def _is_identity(m: torch.Tensor | None) -> bool:
+    return m is None or bool(torch.allclose(m, torch.eye(m.shape[-1], dtype=m.dtype).expand_as(m), atol=1e-9))
+
+
+def align_targets(t: TeacherTargets, residual_bev: torch.Tensor | None, residual_img: torch.Tensor | None,
+                  depth_out_size: tuple[int, int] | None, depth_stride: float = 16.0) -> TeacherTargets:
+    """Targets in the student's augmented BEV and image frames (module docstring).
+
+    Args:
+        t: targets in the rows' frames (cached view frame; cache image geometry).
+        residual_bev: ``(B, 4, 4)`` float64 or None (identity); warps are skipped for identities.
+        residual_img: ``(B, 6, 3, 3)`` float64 pixel transform or None.
+        depth_out_size: ``(h, w)`` of the aligned depth maps (``None`` keeps the input size).
+        depth_stride: pixels per depth-map cell, input and output.
+    """
+    out = t if _is_identity(residual_bev) else warp_bev_targets(t, residual_bev)
+    same_size = depth_out_size is None or (t.lidar_depth is None or tuple(t.lidar_depth.shape[-2:]) == tuple(depth_out_size))
+    if _is_identity(residual_img) and same_size:
+        return out
+    a = residual_img.reshape(-1, 3, 3)
+    size = tuple(depth_out_size) if depth_out_size is not None else tuple(t.lidar_depth.shape[-2:])
+    if out.lidar_depth is not None:
+        b, n, h, w = out.lidar_depth.shape
+        warped = warp_depth(out.lidar_depth.reshape(b * n, h, w), a.to(out.lidar_depth.device), size,
+                            src_stride=depth_stride, dst_stride=depth_stride)
+        out = _replace(out, lidar_depth=warped.reshape(b, n, *size))
+    if out.depth_probs is not None:
+        b, n, dbins, h, w = out.depth_probs.shape
+        cells = torch.diag(torch.tensor([1.0 / depth_stride, 1.0 / depth_stride, 1.0], dtype=torch.float64))
+        a_cells = cells @ a @ torch.linalg.inv(cells)  # the same transform in cell units
+        probs = warp_images(out.depth_probs.reshape(b * n, dbins, h, w), a_cells.to(out.depth_probs.device), size)
+        out = _replace(out, depth_probs=probs.reshape(b, n, dbins, *size))
+    return out
+
+
+def bev_sampling_grid(dst_from_src: torch.Tensor, grid: BEVGrid, device: torch.device) -> torch.Tensor:
+    """``(B, H, W, 2)`` float32 ``grid_sample`` coordinates (``align_corners=False``) of the source
+    position ``inverse(dst_from_src) @ centre`` of each destination cell, on ``grid``. Elementwise
+    (the batched-matmul form is ~100x slower on small CPU grids); same maths as
+    :func:`student.augment.bev_sampling_grid`."""
+    a = torch.linalg.inv(dst_from_src.to(torch.float64))[:, :3, :].to(device)  # src_from_dst, (B, 3, 4)
+    x0, y0, _, x1, y1, _ = grid.point_cloud_range
+    h, w = grid.bev_shape
+    vx, vy = (x1 - x0) / w, (y1 - y0) / h
+    xs = (x0 + (torch.arange(w, device=device, dtype=torch.float64) + 0.5) * vx).view(1, 1, w)
+    ys = (y0 + (torch.arange(h, device=device, dtype=torch.float64) + 0.5) * vy).view(1, h, 1)
+    col = (lambda i, j: a[:, i, j].view(-1, 1, 1))
+    sx = col(0, 0) * xs + col(0, 1) * ys + col(0, 3)
+    sy = col(1, 0) * xs + col(1, 1) * ys + col(1, 3)
+    return torch.stack([(sx - x0) / (x1 - x0) * 2 - 1, (sy - y0) / (y1 - y0) * 2 - 1], dim=-1).float()
+
+
+def warp_bev_targets(t: TeacherTargets, residual_bev: torch.Tensor) -> TeacherTargets:
+    """BEV part of :func:`align_targets`: one bilinear ``grid_sample`` for every float map
+    (features and heatmap concatenated), one nearest for every mask, boxes moved by
+    :func:`storage.boxes.transform_boxes` (centre, yaw, velocity; instance features travel
+    with their boxes). Cells coming from outside the grid become 0 / False."""
+    maps = dict(t.bev_features) | ({"heatmap": t.heatmap} if t.heatmap is not None else {})
+    masks = {k: v for k, v in (("fg_mask", t.fg_mask), ("view_mask", t.view_mask)) if v is not None}
+    ref = next(iter(maps.values()), next(iter(masks.values()), None))
+    changes: dict[str, Any] = {}
+    if ref is not None:
+        coords = bev_sampling_grid(residual_bev, t.bev_grid, ref.device)
+        if maps:
+            stacked = torch.cat(list(maps.values()), dim=1)
+            warped = torch.nn.functional.grid_sample(stacked, coords.to(stacked.dtype), mode="bilinear",
+                                                     padding_mode="zeros", align_corners=False)
+            parts = dict(zip(maps, warped.split([m.shape[1] for m in maps.values()], dim=1)))
+            changes["heatmap"] = parts.pop("heatmap", None)
+            changes["bev_features"] = parts
+        if masks:
+            flat = torch.cat([m.reshape(m.shape[0], -1, *m.shape[-2:]) for m in masks.values()], dim=1).float()
+            warped = torch.nn.functional.grid_sample(flat, coords, mode="nearest", padding_mode="zeros",
+                                                     align_corners=False) > 0.5
+            sizes = [int(np.prod(m.shape[1:-2])) for m in masks.values()]
+            for (k, m), part in zip(masks.items(), warped.split(sizes, dim=1)):
+                changes[k] = part.reshape(m.shape)
+    mats = residual_bev.cpu().numpy()
+    changes["boxes"] = [torch.as_tensor(warp_boxes(b, mats[i]), dtype=b.dtype, device=b.device)
+                        for i, b in enumerate(t.boxes)]
+    return _replace(t, **changes)
+
+
+def _replace(t: TeacherTargets, **changes: Any) -> TeacherTargets:
+    fields_ = {k: getattr(t, k) for k in ("bev_grid", "bev_features", "heatmap", "boxes", "scores", "labels",
+                                          "instance_features", "lidar_depth", "depth_probs", "fg_mask", "view_mask")}
+    fields_.update(changes)
+    return TeacherTargets(**fields_)
+
+
+def merge_targets(network: TeacherTargets, lidar: TeacherTargets) -> TeacherTargets:
+    """A live teacher's network targets completed with the network-free ones (masks, LiDAR depth)
+    of ``lidar`` where ``network`` lacks them."""
+    return _replace(network, **{k: getattr(lidar, k) for k in ("lidar_depth", "fg_mask", "view_mask", "depth_probs")
+                                if getattr(network, k) is None and getattr(lidar, k) is not None})
+
+
+def live_teacher_targets(teacher: torch.nn.Module, points: Sequence[torch.Tensor], lidar: PackedTargets,
+                         device: torch.device | str) -> TeacherTargets:
+    """Online distillation: run ``teacher`` on the (un-augmented, lidar-frame) points, add the
+    network-free targets of ``lidar`` (built by the loader in the same frame) and align the
+    result exactly as cached targets are aligned, so both paths differ only in their source.
+
+    Args:
+        teacher: ``forward(TeacherInput) -> TeacherOutput`` (e.g. CenterPoint), eval mode.
+        points: per sample ``(N_i, >=5)`` float32 lidar frame.
+        lidar: packed network-free targets and the residual transforms of the batch.
+    """
+    from teachers.input import TeacherInput  # the only teacher-side type needed here
+
+    with torch.no_grad():
+        out = teacher(TeacherInput(points=[p.to(device, non_blocking=True) for p in points]))
+    network = TeacherTargets.from_teacher_output(out)
+    merged = merge_targets(network, unpack_targets(lidar, device))
+    return align_targets(merged, lidar.residual_bev, lidar.residual_img, lidar.depth_out_size, lidar.depth_stride)
+
+
+def spec_from_schema(schema: Any) -> TeacherSpec:
+    """The :class:`TeacherSpec` (grid, BEV channels, instance channels, classes) of a cache schema."""
+    shapes = {t.name: t.shape for t in schema.targets}
+    return TeacherSpec(bev_grid=schema.grid,
+                       bev_channels={n.split("/", 1)[1]: int(s[0]) for n, s in shapes.items()
+                                     if n.startswith("bev_features/")},
+                       instance_channels=int(shapes["instance_features"][1]) if "instance_features" in shapes else None,
+                       num_classes=int(shapes["heatmap"][0]) if "heatmap" in shapes else 10)
+
+
+def spec_from_output(out: Any) -> TeacherSpec:
+    """The :class:`TeacherSpec` of a live teacher's :class:`teachers.output.TeacherOutput`."""
+    inst = next((int(f.shape[-1]) for f in out.instance_features), None)
+    return TeacherSpec(bev_grid=out.bev_grid, bev_channels={k: int(v.shape[1]) for k, v in out.bev_features.items()},
+                       instance_channels=inst, num_classes=int(out.heatmap.shape[1]))
+
+
+def packed_to_teacher_targets(packed: PackedTargets, device: torch.device | str) -> TeacherTargets:
+    """:func:`unpack_targets` then :func:`align_targets` with the packed residuals."""
+    raw = unpack_targets(packed, device)
+    return align_targets(raw, packed.residual_bev, packed.residual_img, packed.depth_out_size, packed.depth_stride)
+
+
+__all__ = ["PackedTargets", "align_targets", "collate_targets", "live_teacher_targets", "merge_targets",
+           "packed_to_teacher_targets", "row_fields", "spec_from_output", "spec_from_schema", "unpack_targets"]
