@@ -91,8 +91,19 @@ def _nbytes(x) -> int:
     return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
 
 
-def stream(location: str, decode: bool, epochs: int, batch_size: int, workers: int) -> tuple[float, float]:
-    """Samples/s over ``epochs`` (after one warm-up batch) and bytes shipped per sample."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def stream(location: str, decode: bool, epochs: int, batch_size: int, workers: int) -> tuple[float, float, float]:
+    """Samples/s over ``epochs`` (after one warm-up batch), bytes shipped per sample, and CPU
+    seconds per sample (workers + main process)."""
     ds = CachedRows(location, decode)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=collate,
                         persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
@@ -101,11 +112,13 @@ def stream(location: str, decode: bool, epochs: int, batch_size: int, workers: i
     shipped = sum(_nbytes(v) for v in first.values()) / batch_size
     if isinstance(first["bev"], QuantizedArray):  # what the trainer does after .to("cuda"); here once, on CPU
         assert dequantize(first["bev"]).shape == (batch_size, 256, 180, 180)
-    n, t0 = 0, time.perf_counter()
+    pids = [w.pid for w in loader._iterator._workers]
+    n, t0, c0 = 0, time.perf_counter(), _cpu_seconds(pids) + time.process_time()
     for epoch in range(epochs):
         for batch in (it if epoch == 0 else loader):
             n += len(batch["boxes"])
-    return n / (time.perf_counter() - t0), shipped
+    cpu = _cpu_seconds(pids) + time.process_time() - c0
+    return n / (time.perf_counter() - t0), shipped, cpu / n
 
 
 def build_cache(path: str, rows: int, distinct: int) -> None:
@@ -141,12 +154,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built {args.rows}-row cache in {time.perf_counter() - t:.1f} s at {location}")
         print(f"# bench/stream.py: DataLoader, {args.workers} workers, batch {args.batch_size}, "
               f"{os.cpu_count()} CPUs, {args.epochs} epochs per path")
-        u8, u8_bytes = stream(location, False, args.epochs, args.batch_size, args.workers)
-        f32, f32_bytes = stream(location, True, args.epochs, args.batch_size, args.workers)
-    print(f"uint8/fp16 path (decode=False): {u8:6.1f} samples/s, {u8_bytes / 1e6:.2f} MB/sample shipped "
-          f"across processes  (goal >= 50: {'MET' if u8 >= 50 else 'NOT MET'})")
-    print(f"float32 path    (decode=True):  {f32:6.1f} samples/s, {f32_bytes / 1e6:.2f} MB/sample shipped")
-    print(f"ratio uint8/float32: {u8 / f32:.2f}x samples/s, {f32_bytes / u8_bytes:.2f}x fewer bytes shipped")
+        load = os.getloadavg()[0]
+        u8, u8_bytes, u8_cpu = stream(location, False, args.epochs, args.batch_size, args.workers)
+        f32, f32_bytes, f32_cpu = stream(location, True, args.epochs, args.batch_size, args.workers)
+        load = max(load, os.getloadavg()[0])
+    print(f"load average during the run: up to {load:.1f} on {os.cpu_count()} CPUs (other jobs share them)")
+    for name, rate, shipped, cpu in (("uint8/fp16 path (decode=False)", u8, u8_bytes, u8_cpu),
+                                     ("float32 path    (decode=True) ", f32, f32_bytes, f32_cpu)):
+        print(f"{name}: {rate:6.1f} samples/s, {shipped / 1e6:5.2f} MB/sample shipped across processes, "
+              f"{cpu * 1e3:5.1f} CPU-ms/sample (workers + main) -> {args.workers / cpu:5.1f} samples/s if "
+              f"{args.workers} cores were free")
+    print(f"GOAL >= 50 samples/s with 2 workers (uint8 path): measured {u8:.1f} -> {'MET' if u8 >= 50 else 'NOT MET'}"
+          f" (CPU-bound capacity {args.workers / u8_cpu:.0f})")
+    print(f"ratio uint8/float32: {u8 / f32:.2f}x samples/s, {f32_bytes / u8_bytes:.2f}x fewer bytes shipped, "
+          f"{f32_cpu / u8_cpu:.2f}x less CPU per sample")
     return 0
 
 

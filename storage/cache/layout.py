@@ -73,8 +73,11 @@ def open_arrays(root: zarr.Group, schema: CacheSchema, targets: list[str] | None
                 ) -> dict[str, dict[str, zarr.Array]]:
     """target name -> component -> array (only ``targets`` if given)."""
     names = targets if targets is not None else [t.name for t in schema.targets]
-    return {name: {comp: root[array_path(name, comp)] for comp in components(schema.target(name))}
-            for name in names}
+    # write_empty_chunks is runtime config, not metadata: without it a reopened array skips all-zero
+    # chunks (a row with no boxes), and verify / the reader would see an ok row's chunk as missing.
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        return {name: {comp: root[array_path(name, comp)] for comp in components(schema.target(name))}
+                for name in names}
 
 
 def shard_key(array: zarr.Array, shard_index: int) -> str:

@@ -157,6 +157,8 @@ class TargetSpec:
         codec = self.codec or DEFAULT_CODECS[kind]
         if codec.kind not in allowed:
             raise ValueError(f"target {self.name}: codec {codec.kind} not allowed, use one of {allowed}")
+        if self.dtype and self.dtype != dtype:
+            raise ValueError(f"target {self.name}: logical dtype is {dtype}, got {self.dtype!r}")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "codec", codec)
         object.__setattr__(self, "dtype", self.dtype or dtype)
@@ -168,7 +170,10 @@ class TargetSpec:
 
     @property
     def raw_nbytes(self) -> int:
-        """Bytes of one row in its logical dtype (float32 or bool), the compression baseline."""
+        """Bytes of one row in its logical dtype (float32 or bool; boxes with their scores and
+        labels as float32), the compression baseline."""
+        if self.kind == "boxes":
+            return self.shape[0] * 11 * 4
         n = 1
         for s in self.shape:
             n *= s
