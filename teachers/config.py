@@ -147,17 +147,24 @@ def centerpoint_voxel0075() -> CenterPointConfig:
 
 
 def centerpoint_tiny(grid: BEVGrid = DEMO_GRID) -> CenterPointConfig:
-    """A small CenterPoint for tests and CPU training on generated data (DEMO_GRID: 256x256x20
-    voxels of 0.4 m, BEV 32x32 at stride 8). The third stage pads z by 1 so 21 z cells end at 1."""
+    """A small CenterPoint for tests and CPU training on generated data.
+
+    Voxels are 2x coarser in x/y than ``grid`` (DEMO_GRID: 128x128x20 voxels of 0.8 x 0.8 x 0.4 m)
+    and the encoder downsamples twice, so the output grid equals ``grid.with_stride(8)``
+    (DEMO_GRID: 32x32 cells of 3.2 m), the grid the demo cache and student use. spconv's CPU
+    path is slow, so the voxel count is what keeps CPU training within minutes.
+    """
+    vx, vy, vz = grid.voxel_size
+    coarse = BEVGrid(point_cloud_range=grid.point_cloud_range, voxel_size=(2 * vx, 2 * vy, vz), frame=grid.frame)
     return CenterPointConfig(
-        grid=grid,
-        voxelization=VoxelizationConfig(mode="hard", max_points_per_voxel=10, max_voxels=(30000, 40000)),
-        encoder=SparseEncoderConfig(base_channels=8, output_channels=32,
-                                    encoder_channels=((8, 16), (16, 32), (32, 32), (32,)),
-                                    encoder_paddings=((0, 1), (0, 1), (0, (1, 1, 1)), (0,))),
-        backbone=SECONDConfig(out_channels=(32, 64), layer_nums=(2, 2), layer_strides=(1, 2)),
-        neck=SECONDFPNConfig(out_channels=(32, 32), upsample_strides=(1, 2)),
-        tasks=(tuple(range(10)),), shared_channels=32, head_channels=32, max_boxes=100)
+        grid=coarse,
+        voxelization=VoxelizationConfig(mode="hard", max_points_per_voxel=10, max_voxels=(20000, 30000)),
+        encoder=SparseEncoderConfig(base_channels=16, output_channels=32,
+                                    encoder_channels=((16,), (32,), (32, 32)),
+                                    encoder_paddings=((1,), (1,), (0, 0))),
+        backbone=SECONDConfig(out_channels=(64, 128), layer_nums=(3, 3), layer_strides=(1, 2)),
+        neck=SECONDFPNConfig(out_channels=(64, 64), upsample_strides=(1, 2)),
+        tasks=(tuple(range(10)),), shared_channels=64, head_channels=64, max_boxes=100)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -34,7 +34,8 @@ def test_voxelize_means_and_caps():
     # coords [batch, z, y, x] of the lone point
     k = 1 - i15
     nx, ny, nz = g.grid_size
-    expect = [0, int((-0.9 + 5.0) // 0.4), int((-3.9 + 51.2) // 0.4), int((10.1 + 51.2) // 0.4)]
+    vx, vy, vz = g.voxel_size
+    expect = [0, int((-0.9 + 5.0) // vz), int((-3.9 + 51.2) // vy), int((10.1 + 51.2) // vx)]
     assert dyn.coords[k].tolist() == expect
     capped = voxelize([pts], g, mode="hard", max_voxels=1)
     assert len(capped.features) == 1 and capped.num_points[0] == 10  # the voxel seen first is kept

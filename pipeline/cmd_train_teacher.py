@@ -1,0 +1,123 @@
+"""``bevkd train-teacher``: train a reference teacher on any reader and evaluate it with the
+nuScenes devkit's ``DetectionEval``.
+
+Default data: a generated nuScenes-format dataset (``bevkd synth``) written under
+``--work-dir/synth`` when neither ``--dataroot`` nor ``--info`` is given; training uses
+``--train-split`` (default ``mini_train``), evaluation ``--split`` (default ``mini_val``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from storage.readers import add_reader_arguments
+
+    add_reader_arguments(parser)
+    parser.add_argument("--teacher", default="centerpoint",
+                        help="teacher to train: centerpoint (tiny CPU config), centerpoint_voxel0075 (mmdet3d "
+                             "nuScenes config) or bevfusion (default: %(default)s)")
+    parser.add_argument("--train-split", default="mini_train",
+                        help="devkit split to train on; --split is evaluated (default: %(default)s)")
+    parser.add_argument("--work-dir", default="work/train_teacher", metavar="DIR",
+                        help="generated data, evaluation output and the checkpoint go here (default: %(default)s)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="checkpoint path (default: <work-dir>/<teacher>.pt)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE",
+                        help="start from this checkpoint (with --epochs 0: only evaluate it)")
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the training split (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=2, help="samples per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--max-minutes", type=float, default=18.0,
+                        help="stop training after this many minutes of wall time, 0 = no limit (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation (default: %(default)s)")
+    parser.add_argument("--synth-scenes", type=int, default=10,
+                        help="scenes to generate when no dataset is given (default: %(default)s)")
+    parser.add_argument("--synth-samples", type=int, default=10,
+                        help="keyframes per generated scene (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(352, 198), metavar=("W", "H"),
+                        help="camera image size for camera teachers (default: 352 198)")
+
+
+def _ensure_data(args: argparse.Namespace) -> None:
+    if args.dataroot or args.info:
+        return
+    from storage.synth import SynthConfig, generate_dataset
+
+    root = Path(args.work_dir) / "synth"
+    if not (root / "synth_summary.json").exists():
+        from tqdm import tqdm
+
+        cfg = SynthConfig(num_scenes=args.synth_scenes, samples_per_scene=args.synth_samples, seed=args.seed)
+        with tqdm(total=cfg.num_scenes * cfg.samples_per_scene, unit="sample", desc="synth") as bar:
+            generate_dataset(cfg, root, progress=lambda _d: bar.update(1))
+    args.dataroot, args.version = str(root), "v1.0-mini"
+
+
+def _load_samples(args: argparse.Namespace, split: str) -> tuple[list, object]:
+    from tqdm import tqdm
+
+    from storage.readers import reader_from_args
+
+    a = copy.copy(args)
+    a.split = split
+    reader = reader_from_args(a)
+    return [reader.read(i) for i in tqdm(range(len(reader)), desc=f"read {split}", unit="sample")], reader
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from teachers.registry import TEACHERS, load_teacher, save_checkpoint
+    from teachers.train import TrainConfig, predict, train_teacher
+
+    if args.teacher not in TEACHERS:
+        print(f"bevkd train-teacher: unknown teacher {args.teacher!r}; choose from {', '.join(TEACHERS)}")
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    _ensure_data(args)
+    os.makedirs(args.work_dir, exist_ok=True)
+    out = Path(args.out or Path(args.work_dir) / f"{args.teacher}.pt")
+    model, info = load_teacher(args.teacher, checkpoint=args.checkpoint)
+    image_size = tuple(args.image_size) if args.teacher == "bevfusion" else None
+    meta: dict = dict(info.meta)
+    if args.epochs > 0:
+        train_samples, train_reader = _load_samples(args, args.train_split)
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=image_size,
+                          max_seconds=60 * args.max_minutes, seed=args.seed)
+        with tqdm(desc=f"train {args.teacher}", unit="step") as bar:
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.total = total
+                bar.set_postfix_str(f"loss {loss:.3f}")
+                bar.update(1)
+
+            result = train_teacher(model, train_samples, cfg, progress)
+        meta.update(steps=result.steps, train_seconds=round(result.seconds, 1), stopped_early=result.stopped_early,
+                    final_loss=float(sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))),
+                    train_dataset=train_reader.dataset_id, threads=args.threads)
+        print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min"
+              f"{' (stopped at --max-minutes)' if result.stopped_early else ''}; last loss {meta['final_loss']:.3f}")
+    eval_samples, eval_reader = _load_samples(args, args.split)
+    preds = predict(model, eval_samples, batch_size=args.batch_size, image_size=image_size)
+    if args.info:
+        print("evaluation skipped: DetectionEval needs nuScenes tables (--dataroot), an info file has none")
+    else:
+        from storage.nuscenes_eval import evaluate_detections
+
+        metrics = evaluate_detections(dataroot=args.dataroot, version=args.version, split=args.split, predictions=preds,
+                                      output_dir=Path(args.work_dir) / f"eval_{args.teacher}", reader=eval_reader)
+        meta.update(eval_split=args.split, mAP=metrics.mAP, NDS=metrics.NDS, per_class_ap=metrics.per_class_ap)
+        print(f"{args.teacher} on {eval_reader.dataset_id}: mAP {metrics.mAP:.4f}  NDS {metrics.NDS:.4f}")
+        print("  per-class AP: " + json.dumps({k: round(v, 3) for k, v in metrics.per_class_ap.items()}))
+    if args.epochs > 0:
+        sha = save_checkpoint(model, args.teacher, out, meta=meta)
+        print(f"checkpoint {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…)")
+    return 0
