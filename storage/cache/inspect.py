@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import zarr
 
 from storage.cache import layout, manifest, stores
 from storage.cache.schema import CacheSchema
@@ -78,8 +77,8 @@ def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any]
                   max_failures: int = 5) -> CacheSummary:
     """Summarise a cache from its attributes and manifest."""
     store = stores.open_store(location, read_only=True, storage_options=storage_options)
-    root = zarr.open_group(store=store, mode="r", zarr_format=3)
-    schema = CacheSchema.from_dict(root.attrs[layout.ATTR])
+    root, attrs = layout.open_root(store)
+    schema = CacheSchema.from_dict(attrs)
     table = manifest.read_manifest(store, [t.name for t in schema.targets])
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     ok = status == manifest.STATUS_OK

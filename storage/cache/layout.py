@@ -53,6 +53,23 @@ def create_arrays(store: Store, schema: CacheSchema, *, overwrite: bool) -> zarr
     return root
 
 
+def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict]:
+    """The root group of an existing cache and its schema attributes (parse with
+    ``CacheSchema.from_dict`` after checking ``schema_version``).
+
+    Raises:
+        FileNotFoundError: no bevkd cache at the store's location.
+    """
+    try:
+        root = zarr.open_group(store=store, mode="r+" if writable else "r", zarr_format=3)
+    except (FileNotFoundError, KeyError) as e:
+        raise FileNotFoundError(f"no bevkd cache at {stores.describe(store)} ({e})") from None
+    attrs = root.attrs.get(ATTR)
+    if attrs is None:
+        raise FileNotFoundError(f"{stores.describe(store)} is a Zarr group but not a bevkd cache (no '{ATTR}')")
+    return root, dict(attrs)
+
+
 def write_samples(store: Store, sample_tokens: list[str]) -> None:
     table = pa.table({"sample_index": pa.array(np.arange(len(sample_tokens)), pa.int64()),
                       "sample_token": pa.array(sample_tokens, pa.string())})

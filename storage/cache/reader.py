@@ -87,10 +87,7 @@ class CacheReader:
                  storage_options: dict[str, Any] | None = None) -> None:
         self.store = stores.open_store(location, read_only=True, storage_options=storage_options)
         self.location = stores.describe(self.store)
-        root = zarr.open_group(store=self.store, mode="r", zarr_format=3)
-        attrs = root.attrs.get(layout.ATTR)
-        if attrs is None:
-            raise FileNotFoundError(f"{self.location} is a Zarr group but not a bevkd cache (no '{layout.ATTR}')")
+        root, attrs = layout.open_root(self.store)
         self._check_expectations(attrs, expect_grid, expect_dataset, expect_schema_version)
         self.schema = CacheSchema.from_dict(attrs)
         self.target_names = targets if targets is not None else [t.name for t in self.schema.targets]

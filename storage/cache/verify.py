@@ -129,8 +129,8 @@ def verify_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] 
         or corrupt.
     """
     store = stores.open_store(location, read_only=True, storage_options=storage_options)
-    root = zarr.open_group(store=store, mode="r", zarr_format=3)
-    schema = CacheSchema.from_dict(root.attrs[layout.ATTR])
+    root, attrs = layout.open_root(store)
+    schema = CacheSchema.from_dict(attrs)
     arrays = layout.open_arrays(root, schema)
     report = VerifyReport(location=stores.describe(store))
     committed = manifest.committed_shards(store)

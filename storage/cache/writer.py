@@ -141,8 +141,8 @@ class CacheWriter:
             FileNotFoundError: no cache at ``location``.
         """
         store = stores.open_store(location, storage_options=storage_options)
-        root = zarr.open_group(store=store, mode="r+", zarr_format=3)
-        schema = CacheSchema.from_dict(root.attrs[layout.ATTR])
+        root, attrs = layout.open_root(store, writable=True)
+        schema = CacheSchema.from_dict(attrs)
         return cls(store, root, schema, layout.read_samples(store))
 
     # ---- what goes where ------------------------------------------------------------------
