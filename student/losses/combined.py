@@ -193,7 +193,10 @@ class DistillationLoss(nn.Module):
 
     def _soft_mask_boxes(self, targets, gt_boxes) -> list[torch.Tensor]:
         if self.config.soft_mask_boxes == "teacher":
-            return list(self._need(targets, "boxes", "soft mask"))
+            boxes = list(self._need(targets, "boxes", "soft mask"))
+            if not targets.scores:
+                return boxes
+            return [b[s >= self.config.pseudo_label_min_score] for b, s in zip(boxes, targets.scores)]
         if not len(gt_boxes):
             raise ValueError("DistillationLoss: soft_mask_boxes='gt' needs gt_boxes")
         return list(gt_boxes)

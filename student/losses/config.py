@@ -55,7 +55,7 @@ class DistillationConfig:
             teacher ``bev_features`` key for the dense, LGKD and adversarial feature terms.
         fusion_teacher: teacher keys of the SimDistill camera, LiDAR and fused maps.
         soft_mask_boxes: ``"gt"`` or ``"teacher"``: boxes of BEVDistill's Gaussian mask and of
-            UniDistill's keypoints.
+            UniDistill's keypoints (teacher boxes scoring below ``pseudo_label_min_score`` are dropped).
         soft_mask_min_radius / soft_mask_min_overlap: Gaussian radius settings (CenterPoint: 2, 0.1).
         detection_boxes: ``"gt"`` or ``"teacher"`` (pseudo-labels above ``pseudo_label_min_score``).
         pseudo_label_min_score: score threshold of teacher pseudo-labels.

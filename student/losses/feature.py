@@ -43,19 +43,27 @@ def gaussian_soft_mask(boxes: Sequence[torch.Tensor], grid: BEVGrid, *, min_radi
     vx, vy = grid.voxel_size[0], grid.voxel_size[1]
     x0, y0 = grid.point_cloud_range[0], grid.point_cloud_range[1]
     dev = boxes[0].device if len(boxes) else torch.device("cpu")
-    cols = torch.arange(w, device=dev, dtype=torch.float32) + 0.5
-    rows = torch.arange(h, device=dev, dtype=torch.float32) + 0.5
-    out = torch.zeros((len(boxes), h, w), device=dev)
+    out = torch.zeros((len(boxes), h * w), device=dev)
     for i, bx in enumerate(boxes):
-        for box in bx.detach().float().reshape(-1, 9):
-            r = max(min_radius, int(gaussian_radius(float(box[3]) / vx, float(box[4]) / vy, min_overlap)))
-            sigma = (2 * r + 1) / 6.0
-            dx = cols - (float(box[0]) - x0) / vx
-            dy = rows - (float(box[1]) - y0) / vy
-            g = torch.exp(-(dx[None, :] ** 2 + dy[:, None] ** 2) / (2 * sigma * sigma))
-            g = g * ((dx.abs() <= r)[None, :] & (dy.abs() <= r)[:, None])
-            out[i] = torch.maximum(out[i], g)
-    return out
+        b = bx.detach().float().reshape(-1, 9)
+        if len(b) == 0:
+            continue
+        r = torch.tensor([max(min_radius, int(gaussian_radius(float(l) / vx, float(wd) / vy, min_overlap)))
+                          for l, wd in b[:, 3:5].tolist()], device=dev, dtype=torch.float32)
+        sigma2 = ((2 * r + 1) / 6.0) ** 2
+        cx, cy = (b[:, 0] - x0) / vx, (b[:, 1] - y0) / vy  # continuous cell coordinates
+        reach = int(r.max()) + 1
+        off = torch.arange(-reach, reach + 1, device=dev)
+        cols = cx.floor().long()[:, None] + off[None]  # (M, K) window around each centre
+        rows = cy.floor().long()[:, None] + off[None]
+        dx, dy = cols + 0.5 - cx[:, None], rows + 0.5 - cy[:, None]
+        g = torch.exp(-(dx[:, None, :] ** 2 + dy[:, :, None] ** 2) / (2 * sigma2)[:, None, None])  # (M, K, K)
+        ok_x = (dx.abs() <= r[:, None]) & (cols >= 0) & (cols < w)
+        ok_y = (dy.abs() <= r[:, None]) & (rows >= 0) & (rows < h)
+        valid = ok_y[:, :, None] & ok_x[:, None, :]
+        flat = rows[:, :, None] * w + cols[:, None, :]
+        out[i].scatter_reduce_(0, flat[valid], g[valid], reduce="amax")
+    return out.reshape(len(boxes), h, w)
 
 
 def _sq_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
