@@ -146,3 +146,11 @@ def test_target_subset_and_views(tmp_path):
     np.testing.assert_array_equal(reader.read(token, view=0).view_matrix, np.eye(4))
     with pytest.raises(KeyError, match="not in this cache"):
         CacheReader(tmp_path / "c", targets=["lidar_depth"])
+
+
+def test_instance_features_alone_come_with_their_boxes(tmp_path):
+    _, writer, data = make_cache(tmp_path / "c", num_samples=2, only=("boxes", "instance_features"))
+    write(writer, data)
+    got = CacheReader(tmp_path / "c", targets=["instance_features"]).read(writer.sample_tokens[1])
+    want = data[writer.sample_tokens[1], 0]
+    assert got.instance_features.shape == want.instance_features.shape and len(got.boxes) == len(want.boxes)

@@ -71,7 +71,7 @@ class CacheReader:
         expect_grid: refuse a cache whose grid differs (``BEVGrid.same_as``).
         expect_dataset: refuse a cache of another dataset id / version / split.
         expect_schema_version: refuse another layout version (None accepts any).
-        targets: read only these targets (default all).
+        targets: read only these targets (default all); ``instance_features`` brings ``boxes``.
         verify_checksums: compare each read's crc32c with the manifest (cheap; default on).
         storage_options: fsspec options for URLs.
 
@@ -90,13 +90,16 @@ class CacheReader:
         root, attrs = layout.open_root(self.store)
         self._check_expectations(attrs, expect_grid, expect_dataset, expect_schema_version)
         self.schema = CacheSchema.from_dict(attrs)
-        self.target_names = targets if targets is not None else [t.name for t in self.schema.targets]
+        self.target_names = list(targets) if targets is not None else [t.name for t in self.schema.targets]
+        if "instance_features" in self.target_names and "boxes" not in self.target_names:
+            self.target_names.append("boxes")  # their count says how many instance features are valid
         self._arrays = layout.open_arrays(root, self.schema, self.target_names)
         self.verify_checksums = verify_checksums
         self._fetcher = ChunkFetcher(self.store, self.schema.shard_size)
         self._zstd = {(name, comp): component_codec(self.schema.target(name), comp).zstd_level is not None
                       for name in self.target_names for comp in self._arrays[name]}
         self.sample_tokens = layout.read_samples(self.store)
+        self._sample_index = {t: i for i, t in enumerate(self.sample_tokens)}
         self.refresh()
 
     def _check_expectations(self, attrs: dict[str, Any], grid: BEVGrid | None, dataset: DatasetInfo | None,
@@ -133,8 +136,6 @@ class CacheReader:
 
     def row_index(self, sample_token: str, view: int = 0) -> int:
         """Global row of ``(sample_token, view)``. Raises KeyError for an unknown token."""
-        if not hasattr(self, "_sample_index"):
-            self._sample_index = {t: i for i, t in enumerate(self.sample_tokens)}
         if sample_token not in self._sample_index:
             raise KeyError(f"cache {self.location}: sample {sample_token} is not in this cache")
         if not 0 <= view < self.schema.views:
