@@ -133,3 +133,18 @@ def test_inspect_reports_bytes_per_target_from_the_manifest(tmp_path, capsys):
     on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(cache, "targets"))
                   for f in fs if f != "zarr.json")
     assert summary["stored_bytes_per_row"] * 6 <= on_disk
+
+
+def test_corrupt_shard_index_fails_every_row_of_that_shard(tmp_path):
+    cache = str(tmp_path / "c")
+    _, writer, data = make_cache(cache, num_samples=8, shard_size=4)
+    write(writer, data)
+    path, _, _ = _chunk_file_and_range(cache, "lidar_depth", "data", 4, 4)
+    _flip(path, os.path.getsize(path) - 4 * 16 - 4 + 3)  # inside the index of shard 1
+    report = verify_cache(cache)
+    assert sorted(p.row for p in report.problems) == [4, 5, 6, 7]
+    assert {(p.target, p.problem) for p in report.problems} == {("lidar_depth", "corrupt")}
+    reader = CacheReader(cache)
+    with pytest.raises(CacheCorruptError, match="shard index fails its crc32c"):
+        reader.read(6)
+    reader.read(3)  # shard 0 is intact
