@@ -65,7 +65,7 @@ def test_lgkd_without_foreground_is_zero_and_differentiable():
     s = torch.randn(1, 4, 2, 2, requires_grad=True)
     loss = LiDARGuidedFeatureDistillation()(s, torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.bool),
                                             torch.ones(1, 6, 2, 2, dtype=torch.bool))
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
     loss.backward()
     assert s.grad is not None
 
