@@ -38,7 +38,7 @@ def test_adversarial_loss_value_and_reversed_gradient():
     mod = AdversarialDistillation(_identity_discriminator(), grl_scale=0.5)
     loss = mod(student, teacher)
     expected = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.5) + softplus(1.5)) / 2
-    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     sig = (lambda x: 1 / (1 + math.exp(-x)))
     # d/ds of mean softplus(s) = sigmoid(s)/2; reversed and scaled by 0.5
