@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scenes to generate when no dataset is given (default: %(default)s)")
     parser.add_argument("--synth-samples", type=int, default=10,
                         help="keyframes per generated scene (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(352, 198), metavar=("W", "H"),
-                        help="camera image size for camera teachers (default: 352 198)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(352, 192), metavar=("W", "H"),
+                        help="camera image size for camera teachers, divisible by 16 (default: 352 192)")
 
 
 def _ensure_data(args: argparse.Namespace) -> None:

@@ -24,7 +24,8 @@ from teachers.input import TeacherInput
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Teacher training settings (AdamW + one-cycle LR, as mmdet3d's cyclic schedule in spirit).
+    """Teacher training settings (AdamW; warm-up + cosine LR over the steps or the time budget,
+    whichever runs out first, so a time-limited run still ends at a low learning rate).
 
     Attributes:
         epochs: passes over the training samples.
@@ -74,6 +75,15 @@ def bev_augmentation(rng: np.random.Generator, config: TrainConfig) -> np.ndarra
     return a
 
 
+def one_cycle_lr(peak: float, fraction: float, warmup: float = 0.1) -> float:
+    """Linear warm-up to ``peak`` over the first ``warmup`` of training, then cosine decay to
+    ``peak / 100``. ``fraction`` is training progress in [0, 1] (steps or time budget)."""
+    if fraction < warmup:
+        return peak * (0.1 + 0.9 * fraction / warmup)
+    t = (fraction - warmup) / (1 - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
 def augment_batch(batch: TeacherInput, augs: Sequence[np.ndarray]) -> TeacherInput:
     """Apply one ``aug_from_lidar`` per sample to points, GT boxes and ``lidar_from_cam``."""
     points, boxes = [], []
@@ -109,9 +119,12 @@ def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TrainConf
     steps_per_epoch = max(1, math.ceil(len(samples) / config.batch_size))
     total = steps_per_epoch * config.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=0.3)
     result = TrainResult()
     start = time.perf_counter()
+
+    def progress_fraction() -> float:  # of steps, or of the time budget when that runs out first
+        elapsed = (time.perf_counter() - start) / config.max_seconds if config.max_seconds else 0.0
+        return min(1.0, max(result.steps / total, elapsed))
     model.train()
     for _ in range(config.epochs):
         order = rng.permutation(len(samples))
@@ -119,12 +132,13 @@ def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TrainConf
             chosen = [samples[j] for j in order[i:i + config.batch_size]]
             batch = TeacherInput.from_samples(chosen, image_size=config.image_size)
             batch = augment_batch(batch, [bev_augmentation(rng, config) for _ in chosen])
+            for group in opt.param_groups:
+                group["lr"] = one_cycle_lr(config.lr, progress_fraction())
             loss = model.loss(batch).total
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
-            sched.step()
             result.steps += 1
             result.losses.append(float(loss.detach()))
             if progress is not None:
