@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, metavar="FILE",
                         help="start from this checkpoint (with --epochs 0: only evaluate it)")
     parser.add_argument("--epochs", type=int, default=20, help="passes over the training split (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=2, help="samples per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: %(default)s)")
-    parser.add_argument("--max-minutes", type=float, default=18.0,
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--max-minutes", type=float, default=19.0,
                         help="stop training after this many minutes of wall time, 0 = no limit (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation (default: %(default)s)")
