@@ -372,15 +372,37 @@ def _run(config, reader, cache_path, eval_reader, teacher, expect_grid, d: _Dist
     bar.close()
     if save:
         save({"step": step, "epoch": epoch, "batch": b})
-    if d.world > 1:
+    if d.world > 1:  # BatchNorm statistics ran on each rank's own rows: take rank 0's, as DDP does each forward
+        for buf in wrapper.buffers():
+            dist.broadcast(buf, src=0)
         dist.barrier()
     metrics = None
     if eval_reader is not None and d.rank == 0:
         metrics = evaluate_student(model, eval_reader, config.student, device=device, output_dir=out_dir / "eval",
                                    batch_size=config.batch_size, score_threshold=config.eval_score_threshold)
     steady = times[1:] or times
+    _write_summary(out_dir, d.rank, wrapper, step, steady, last)
     return TrainResult(metrics=metrics, loss_log=log_path, checkpoint=ckpt_path, steps=step, final_losses=last,
                        seconds_per_step=float(sum(steady) / max(len(steady), 1)), distill=distill)
+
+
+def params_sha256(module: nn.Module) -> str:
+    """sha256 of every parameter and buffer (name order), to compare DDP replicas."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_summary(out_dir: Path, rank: int, module: nn.Module, step: int, times: list[float],
+                   last: dict[str, float]) -> None:
+    """``summary.json`` (rank 0) / ``summary.rank<r>.json``: steps, s/step, last losses, parameter digest."""
+    name = "summary.json" if rank == 0 else f"summary.rank{rank}.json"
+    (out_dir / name).write_text(json.dumps({"steps": step, "seconds_per_step": sum(times) / max(len(times), 1),
+                                            "final_losses": last, "params_sha256": params_sha256(module)}, indent=1))
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -391,5 +413,5 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-__all__ = ["StudentWithLoss", "TrainConfig", "TrainResult", "default_distillation", "required_targets",
-           "train_student"]
+__all__ = ["StudentWithLoss", "TrainConfig", "TrainResult", "default_distillation", "params_sha256",
+           "required_targets", "train_student"]
