@@ -7,6 +7,7 @@ Frames: ``lidar`` (the top LiDAR), ``ego`` (vehicle body at the LiDAR timestamp)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Protocol, Sequence
 
@@ -162,13 +163,14 @@ def load_points(path: str, sample_token: str, point_dim: int = POINT_DIM, keep_d
     """
     try:
         raw = np.fromfile(path, dtype=np.float32)
+        nbytes = os.path.getsize(path)  # np.fromfile drops a trailing partial float
     except FileNotFoundError:
         raise SampleError(sample_token, "LiDAR points", "missing", path) from None
     except OSError as exc:
         raise SampleError(sample_token, "LiDAR points", f"unreadable ({exc})", path) from None
-    if raw.size % point_dim:
+    if nbytes % (point_dim * 4):
         raise SampleError(sample_token, "LiDAR points",
-                          f"truncated ({raw.size * 4} bytes is not a multiple of {point_dim * 4})", path)
+                          f"truncated ({nbytes} bytes is not a multiple of {point_dim * 4})", path)
     pts = raw.reshape(-1, point_dim)[:, :keep_dim]
     if not np.isfinite(pts[:, :3]).all():
         raise SampleError(sample_token, "LiDAR points", "contain NaN/inf coordinates", path)

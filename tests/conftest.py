@@ -39,3 +39,32 @@ def synth_dataroot(tmp_path_factory) -> Path:
 
     config = SynthConfig(num_scenes=3, samples_per_scene=3, seed=7, image_size=(160, 90), sweeps_per_sample=1)
     return generate_dataset(config, tmp_path_factory.mktemp("synth") / "nuscenes")
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray for the whole session (tests marked ``ray``; never under xdist): 2 CPUs, a
+    100 MB object store, ``RAY_TMPDIR`` in the session's tmp dir, no auth, no dashboard, Ray's
+    deprecation warnings filtered; ``tests/`` is on the workers' PYTHONPATH so test-only teachers
+    (``test_cache_job_support:tiny_bev_teacher``) import there. Job code reuses it as is."""
+    import warnings
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("Ray tests do not run under xdist (one session-scoped Ray per process)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
+    ray_tmp = tmp_path_factory.mktemp("ray")
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "PYTHONPATH")}
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(ray_tmp),
+                      PYTHONPATH=os.pathsep.join(p for p in (str(REPO / "tests"), saved["PYTHONPATH"]) if p))
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(ray_tmp))
+    yield ray
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
