@@ -130,6 +130,12 @@ def collate_targets(rows: Sequence[Any], bev_grid: BEVGrid, residual_bev: np.nda
 
 def _decoded(value: Any) -> torch.Tensor:
     if isinstance(value, QuantizedArray):
+        data, scale, offset, power = value
+        if isinstance(data, torch.Tensor) and int(power) in (1, 2):  # fused: one conversion, one addcmul
+            x = data.float()
+            x = x * x if int(power) == 2 else x
+            extra = (1,) * (data.ndim - scale.ndim)
+            return torch.addcmul(offset.reshape(*offset.shape, *extra), x, scale.reshape(*scale.shape, *extra))
         return dequantize(value)
     return value if value.dtype == torch.bool else value.float()
 
