@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default="work/train_teacher", metavar="DIR",
                         help="generated data, evaluation output and the checkpoint go here (default: %(default)s)")
     parser.add_argument("--out", default=None, metavar="FILE",
-                        help="checkpoint path (default: <work-dir>/<teacher>.pt)")
+                        help="checkpoint path (default: <work-dir>/<teacher>.pt); with --epochs 0 re-saves --checkpoint "
+                             "with the new evaluation in its metadata")
     parser.add_argument("--checkpoint", default=None, metavar="FILE",
                         help="start from this checkpoint (with --epochs 0: only evaluate it)")
     parser.add_argument("--epochs", type=int, default=20, help="passes over the training split (default: %(default)s)")
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         meta.update(eval_split=args.split, mAP=metrics.mAP, NDS=metrics.NDS, per_class_ap=metrics.per_class_ap)
         print(f"{args.teacher} on {eval_reader.dataset_id}: mAP {metrics.mAP:.4f}  NDS {metrics.NDS:.4f}")
         print("  per-class AP: " + json.dumps({k: round(v, 3) for k, v in metrics.per_class_ap.items()}))
-    if args.epochs > 0:
+    if args.epochs > 0 or args.out:
         sha = save_checkpoint(model, args.teacher, out, meta=meta)
         print(f"checkpoint {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…)")
     return 0

@@ -203,12 +203,15 @@ def merge_heatmaps(outputs: Sequence[CenterHeadOutput], num_classes: int) -> tor
     return out
 
 
-def circle_nms(centers: torch.Tensor, scores: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+def circle_nms(centers: torch.Tensor, scores: torch.Tensor, radius: torch.Tensor,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy centre-distance NMS (CenterPoint §4: boxes within ``radius`` m of a higher-scoring
-    box are suppressed).
+    box are suppressed). With ``labels``, only boxes of the same class suppress each other
+    (mmdet3d runs it per task head; per class keeps a pedestrian next to a car).
 
     Args:
         centers: ``(M, 2)`` BEV centres, m. scores: ``(M,)``. radius: ``(M,)`` m, per box (its class).
+        labels: ``(M,)`` class ids, or None for class-agnostic suppression.
 
     Returns:
         ``(M',)`` int64 kept indices, by descending score.
@@ -217,6 +220,9 @@ def circle_nms(centers: torch.Tensor, scores: torch.Tensor, radius: torch.Tensor
     c = centers[order]
     dist = torch.cdist(c, c)
     suppress = dist <= radius[order][:, None]
+    if labels is not None:
+        lab = labels[order]
+        suppress &= lab[:, None] == lab[None, :]
     keep = torch.ones(len(order), dtype=torch.bool, device=centers.device)
     for i in range(len(order)):
         if keep[i]:
@@ -278,7 +284,7 @@ def decode_boxes(outputs: CenterHeadOutput | Sequence[CenterHeadOutput], grid: B
         boxes, scores, labels = (torch.cat(p) for p in zip(*parts))
         if nms_radius is not None and len(boxes):
             radius = boxes.new_tensor(nms_radius)[labels]
-            keep = circle_nms(boxes[:, :2], scores, radius)
+            keep = circle_nms(boxes[:, :2], scores, radius, labels)
         else:
             keep = scores.argsort(descending=True)
         keep = keep[:max_boxes]

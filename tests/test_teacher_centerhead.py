@@ -100,6 +100,9 @@ def test_circle_nms_suppresses_only_near_duplicates():
     scores = torch.tensor([0.5, 0.9, 0.8, 0.3])
     keep = circle_nms(centers, scores, torch.full((4,), 1.0))
     assert keep.tolist() == [1, 2]
+    # with classes: the lower-scoring box of another class survives next to the car
+    keep = circle_nms(centers, scores, torch.full((4,), 1.0), labels=torch.tensor([8, 0, 0, 0]))
+    assert keep.tolist() == [1, 2, 0]
 
 
 def test_head_learns_one_scene():
