@@ -96,6 +96,21 @@ def open_cache(location: str | os.PathLike[str], reader: SampleReader, *, expect
     return cache
 
 
+#: Root attribute where the cache job records its settings (``pipeline.cache_plan.JOB_ATTR``).
+CACHE_JOB_ATTR = "bevkd_cache_job"
+
+
+def cache_depth_geometry(cache: CacheReader) -> tuple[tuple[int, int], int] | None:
+    """``((w, h), depth_stride)`` the cache job built ``lidar_depth`` for (from its recorded job
+    settings), or None when the cache does not record them (e.g. written by hand)."""
+    import zarr  # storage's dependency; only the root attributes are read
+
+    job = zarr.open_group(store=cache.store, mode="r", zarr_format=3).attrs.get(CACHE_JOB_ATTR)
+    if not job or "image_size" not in job:
+        return None
+    return (int(job["image_size"][0]), int(job["image_size"][1])), int(job.get("depth_stride", 16))
+
+
 def base_image_transform(orig_size: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator | None = None,
                          aug: ImageAugConfig | None = None) -> np.ndarray:
     """``(3, 3)`` float64 ``aug_from_orig`` (see :class:`ImageAugConfig`); deterministic when
@@ -360,5 +375,5 @@ class Collate:
                            sample_tokens=tuple(i.sample_token for i in items), targets=targets, points=points)
 
 
-__all__ = ["Collate", "DataConfig", "ImageAugConfig", "LoaderBatch", "StudentDataset", "StudentItem",
+__all__ = ["CACHE_JOB_ATTR", "Collate", "DataConfig", "cache_depth_geometry", "ImageAugConfig", "LoaderBatch", "StudentDataset", "StudentItem",
            "base_image_transform", "dataset_info_of", "open_cache", "warp_image_u8"]

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from storage.sample import SampleReader
 from student.config import StudentConfig
-from student.dataset import Collate, DataConfig, LoaderBatch, StudentDataset, open_cache
+from student.dataset import Collate, DataConfig, LoaderBatch, StudentDataset, cache_depth_geometry, open_cache
 from storage.grid import BEVGrid
 from storage.nuscenes_eval import DetectionMetrics
 from student.evaluate import evaluate_student
@@ -297,7 +297,11 @@ def _run(config, reader, cache_path, eval_reader, teacher, expect_grid, d: _Dist
     if online is not None:
         online.to(device).eval()
     cache, spec, distill, need = _setup_targets(config, reader, cache_path, online, expect_grid)
-    ds = StudentDataset(reader, config.student, config.data, cache=cache, train=True, seed=config.seed,
+    data = config.data
+    geometry = cache_depth_geometry(cache) if cache is not None else None
+    if geometry is not None and data.depth_image_size is None:  # depth maps built for the job's image size
+        data = replace(data, depth_image_size=geometry[0])
+    ds = StudentDataset(reader, config.student, data, cache=cache, train=True, seed=config.seed,
                         online_grid=spec.bev_grid if online is not None else None, cache_targets=need or None)
     torch.manual_seed(config.seed)
     model = StudentModel(config.student)

@@ -129,3 +129,21 @@ def test_ddp_two_cpu_processes_over_gloo_read_their_own_rows_and_agree(synth_dat
     torch.manual_seed(0)
     fresh = StudentModel(CFG).state_dict()
     assert not all(torch.equal(fresh[k], ckpt["model." + k]) for k in fresh)
+
+
+def test_trains_from_a_cache_written_by_the_cache_job(synth_dataroot, tmp_path, capsys):
+    from storage.cache import CacheReader
+    from student.dataset import cache_depth_geometry
+
+    cache = tmp_path / "job_cache"
+    data = ["--dataroot", str(synth_dataroot), "--split", "mini_val"]
+    assert main(["cache", *data, "--no-ray", "--teacher", "centerpoint", "--views", "1", "--image-size", "176", "64",
+                 "--shard-size", "4", "--max-boxes", "100", "--out", str(cache), "--no-progress"]) == 0
+    reader = CacheReader(cache)
+    assert reader.schema.views == 2 and cache_depth_geometry(reader) == ((176, 64), 16)
+    out = tmp_path / "run"
+    rc = main(["train", *data, "--cache", str(cache), "--out", str(out), "--steps", "2", "--student", "tiny",
+               "--workers", "0", "--no-eval"])
+    assert rc == 0, capsys.readouterr().out
+    log = _log(out / "train_log.jsonl")
+    assert len(log) == 2 and all(r["dense_feature"] > 0 and r["depth_bce"] > 0 for r in log)
