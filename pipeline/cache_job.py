@@ -84,6 +84,8 @@ class CacheJobConfig:
         batch_size: rows per teacher forward.
         image_size: ``(w, h)`` pixels of the student's resized images; the camera-dependent
             targets (``view_mask``, ``lidar_depth``) use the intrinsics scaled to it.
+        teacher_image_size: ``(w, h)`` the six images are resized to for a camera teacher
+            (``bevfusion``); None gives the teacher points only (LiDAR teachers).
         depth_stride: pixel stride of ``lidar_depth`` (BEVDepth §3.2 uses 16).
         max_depth: frustum depth limit of ``view_mask``, m.
         max_boxes: capacity ``M_max`` of ``boxes`` / ``instance_features``.
@@ -99,6 +101,7 @@ class CacheJobConfig:
     views: int = 0
     batch_size: int = 4
     image_size: tuple[int, int] = (704, 256)
+    teacher_image_size: tuple[int, int] | None = None
     depth_stride: int = 16
     max_depth: float = 60.0
     max_boxes: int = 500
@@ -219,11 +222,16 @@ def sample_lidar_depth(sample: Sample, config: CacheJobConfig) -> np.ndarray:
     return lidar_depth_maps(sample.points, ks, l2c, config.image_size, config.depth_stride)
 
 
-def teacher_forward(teacher: nn.Module, views: Sequence[Sample]) -> TeacherOutput:
-    """One teacher forward on ``views`` (on the teacher's device; images when it asks for them
-    through an ``input_image_size`` ``(w, h)`` attribute)."""
+def teacher_forward(teacher: nn.Module, views: Sequence[Sample], image_size: tuple[int, int] | None = None
+                    ) -> TeacherOutput:
+    """One teacher forward on ``views`` (on the teacher's device), with the six images resized
+    to ``image_size`` ``(w, h)`` for camera teachers (None: points only).
+
+    Raises:
+        SampleError: an image cannot be loaded (camera teachers).
+    """
     device = next(iter(teacher.parameters()), torch.empty(0)).device
-    batch = TeacherInput.from_samples(views, image_size=getattr(teacher, "input_image_size", None), device=device)
+    batch = TeacherInput.from_samples(views, image_size=image_size, device=device)
     with torch.inference_mode():
         return teacher(batch)
 
@@ -249,13 +257,14 @@ def _flush(teacher: nn.Module, items: list[_Pending], writer: CacheWriter, confi
     retried sample by sample so one bad sample fails alone (its reason: the exception)."""
     t0 = time.perf_counter()
     try:
-        out = teacher_forward(teacher, [it.view for it in items])
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        out = teacher_forward(teacher, [it.view for it in items], config.teacher_image_size)
+    except (SampleError, RuntimeError, ValueError, IndexError, TypeError) as exc:
         times.teacher += time.perf_counter() - t0
         if len(items) > 1:
             return [r for it in items for r in _flush(teacher, [it], writer, config, times)]
         it = items[0]
-        reason = f"sample {it.view.sample_token} view {it.index}: teacher failed ({type(exc).__name__}: {exc})"
+        reason = str(exc) if isinstance(exc, SampleError) else (
+            f"sample {it.view.sample_token} view {it.index}: teacher failed ({type(exc).__name__}: {exc})")
         return _failed_rows(it.view.sample_token, [it.index], reason, config)
     times.teacher += time.perf_counter() - t0
     if not out.bev_grid.same_as(writer.schema.grid):

@@ -77,7 +77,7 @@ def example_targets(teacher: nn.Module, reader: SampleReader, config: CacheJobCo
             sample = reader.read(token)
         except SampleError:
             continue
-        out = teacher_forward(teacher, [sample])
+        out = teacher_forward(teacher, [sample], config.teacher_image_size)
         st = out.sample_targets(0)
         lt = lidar_targets(sample, out.bev_grid, config, set(LIDAR_TARGETS), sample_lidar_depth(sample, config))
         st.fg_mask, st.view_mask, st.lidar_depth = lt.fg_mask, lt.view_mask, lt.lidar_depth
@@ -179,7 +179,8 @@ class CacheJobSummary:
 
     Attributes:
         out: the cache location.
-        rows_ok / rows_failed: committed rows of the whole cache after the job, by status.
+        rows_ok / rows_failed: rows of the whole cache after the job, by status (rows_failed also
+            counts the rows of shards that stayed uncommitted after their retries).
         rows_written: rows this run committed (the rest were committed by an earlier run).
         shards_written / shards_skipped: shards committed by this run / found committed.
         nbytes: compressed bytes this run wrote.

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, nargs=2, default=(704, 256), metavar=("W", "H"),
                    help="student image size the camera targets (view_mask, lidar_depth) are made for "
                         "(default: 704 256)")
+    g.add_argument("--teacher-image-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help="resize the six images to W H and give them to the teacher (camera teachers such as "
+                        "bevfusion need it; default: points only)")
     g.add_argument("--depth-stride", type=int, default=16,
                    help="pixel stride of the lidar_depth maps (default: %(default)s)")
     g.add_argument("--max-boxes", type=int, default=500, help="capacity of the stored boxes (default: %(default)s)")
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         reader = reader_from_args(args)
         config = CacheJobConfig(targets=tuple(args.targets) if args.targets else None, shard_size=args.shard_size,
                                 views=args.views, batch_size=args.batch_size, image_size=tuple(args.image_size),
+                                teacher_image_size=tuple(args.teacher_image_size) if args.teacher_image_size else None,
                                 depth_stride=args.depth_stride, max_boxes=args.max_boxes,
                                 image_check=args.image_check, augment=ViewAugmentConfig(seed=args.view_seed),
                                 torch_threads=args.torch_threads)
