@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in total")
     parser.add_argument("--batch-size", type=int, default=2, help="samples per process per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="linear LR warm-up steps, then cosine decay to 0 over the run (default: %(default)s)")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="end this invocation after N steps (checkpointed; the schedule still spans the run); "
+                             "continue later with --resume")
     parser.add_argument("--seed", type=int, default=0, help="init, data order and augmentation seed (default: %(default)s)")
     parser.add_argument("--no-distill", action="store_true",
                         help="detection + depth loss only (the no-distillation baseline)")
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(student=_student_config(args), no_distill=args.no_distill, epochs=args.epochs,
                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              workers=args.workers, device=args.device, amp=args.amp, out_dir=args.out,
-                             resume=args.resume, checkpoint_every=args.checkpoint_every)
+                             resume=args.resume, checkpoint_every=args.checkpoint_every,
+                             warmup_steps=args.warmup_steps, stop_after=args.stop_after)
         eval_reader = None
         if not args.no_eval and args.dataroot:
             from storage.nuscenes_reader import NuScenesReader

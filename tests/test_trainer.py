@@ -85,7 +85,8 @@ def test_cli_refuses_a_cache_of_another_split(synth_dataroot, cache, tmp_path, c
 def test_resume_continues_bit_for_bit(reader, cache, tmp_path):
     base = dict(student=CFG, batch_size=2, workers=0, progress=False, seed=4, data=DataConfig())
     straight = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "a")), reader, cache)
-    train_student(TrainConfig(**base, steps=2, out_dir=str(tmp_path / "b")), reader, cache)
+    first = train_student(TrainConfig(**base, steps=4, stop_after=2, out_dir=str(tmp_path / "b")), reader, cache)
+    assert first.steps == 2
     resumed = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "b"), resume=True), reader, cache)
     a, b = _log(straight.loss_log), _log(resumed.loss_log)
     assert [r["step"] for r in b] == [1, 2, 3, 4] and a[1]["epoch"] == 0 and a[3]["epoch"] == 1  # 6 samples: 3 steps/epoch

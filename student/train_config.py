@@ -1,0 +1,187 @@
+"""Configuration and result of a student training run, and the choice of losses for the
+targets at hand (cache schema or live teacher)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from storage.grid import BEVGrid
+from storage.nuscenes_eval import DetectionMetrics
+from storage.sample import SampleReader
+from student.config import StudentConfig
+from student.dataset import DataConfig, open_cache
+from student.losses import DistillationConfig, LossWeights, TeacherSpec
+from student.targets_batch import spec_from_output, spec_from_schema
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run (model and loss settings in their own configs; operational fields here).
+
+    Attributes:
+        student: the student model.
+        distill: loss weights/settings; None picks :func:`default_distillation` for the targets at hand.
+        no_distill: train on detection (+ BEVDepth depth loss) only, ignoring any teacher.
+        data: augmentation and depth-target settings of the loader.
+        epochs: passes over the data (ignored once ``steps`` is reached).
+        steps: optimizer steps in total (None: ``epochs`` full passes).
+        batch_size: samples per rank per step.
+        lr / weight_decay / grad_clip: AdamW settings and the gradient-norm clip (0 = off).
+        warmup_steps: linear learning-rate warm-up; then cosine decay to 0 over the run
+            (computed from the step, so a resumed run follows the same schedule).
+        seed: model init, data order and augmentation.
+        workers: DataLoader worker processes per rank.
+        device: ``"auto"`` (``cuda:<LOCAL_RANK>`` if available, else CPU), ``"cpu"``, ``"cuda"``.
+        amp: CUDA autocast (float16) with a gradient scaler; ignored on CPU.
+        out_dir: checkpoints, logs and evaluation output.
+        resume: continue from ``out_dir/checkpoints/last.pt`` when it exists.
+        stop_after: end this invocation after this many steps (checkpointed) without changing the
+            run's schedule, e.g. on preemptible machines; a later ``resume`` continues.
+        checkpoint_every: also checkpoint every N steps (0: only at epoch ends and the end).
+        eval_score_threshold: detection score threshold at evaluation.
+        progress: show a tqdm bar (rank 0).
+    """
+
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillationConfig | None = None
+    no_distill: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 2
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    grad_clip: float = 5.0
+    warmup_steps: int = 0
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: bool = False
+    out_dir: str = "runs/student"
+    resume: bool = False
+    stop_after: int | None = None
+    checkpoint_every: int = 0
+    eval_score_threshold: float = 0.1
+    progress: bool = True
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) of ``total``."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return self.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["student"] = self.student.to_dict()
+        d["distill"] = None if self.distill is None else self.distill.to_dict()
+        return json.loads(json.dumps(d, default=str))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        metrics: devkit metrics on the evaluation split (None when not evaluated).
+        loss_log: JSONL file, one line per step: ``step, epoch, lr, seconds, tokens`` and every loss term.
+        checkpoint: the final checkpoint.
+        seconds_per_step: mean wall time of a training step (data wait excluded), after the first.
+        steps: optimizer steps done in total (resumed ones included).
+        final_losses: the last step's loss terms.
+        distill: the loss configuration used.
+    """
+
+    metrics: DetectionMetrics | None
+    loss_log: Path
+    checkpoint: Path
+    seconds_per_step: float
+    steps: int
+    final_losses: dict[str, float]
+    distill: DistillationConfig
+
+
+def required_targets(cfg: DistillationConfig) -> list[str]:
+    """Cache targets the enabled terms of ``cfg`` read (:class:`DistillationLoss`)."""
+    w, need = cfg.weights, set()
+    feat = f"bev_features/{cfg.feature_teacher}"
+    if w.dense_feature or w.adversarial:
+        need.add(feat)
+    if w.lgkd_feature:
+        need |= {feat, "fg_mask", "view_mask"}
+    if w.depth_bce:
+        need.add("lidar_depth")
+    if w.depth_distill:
+        need |= {"depth_probs"} | ({"lidar_depth"} if cfg.depth_distill_lidar_only else set())
+    if w.heatmap or w.keypoint_response:
+        need.add("heatmap")
+    if w.instance:
+        need |= {"instance_features", "boxes"}
+    if w.detection and cfg.detection_boxes == "teacher":
+        need.add("boxes")
+    if (w.dense_feature or w.keypoint_response) and cfg.soft_mask_boxes == "teacher":
+        need.add("boxes")
+    for t, wt in zip(cfg.fusion_teacher, (w.fusion_camera, w.fusion_lidar, w.fusion_fused)):
+        if wt:
+            need.add(f"bev_features/{t}")
+    return sorted(need)
+
+
+def default_distillation(spec: TeacherSpec | None, available: set[str], depth_bins: tuple[float, float, float]
+                         ) -> DistillationConfig:
+    """Detection + BEVDepth depth loss, plus every distillation term whose targets are available:
+    BEVDistill dense (§3.2) and instance (§3.3), BEV-LGKD feature, X3KD heatmap, UniDistill keypoints."""
+    if spec is None or not spec.bev_channels:
+        return DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0),
+                                  depth_bins=depth_bins)
+    feat = "neck" if "neck" in spec.bev_channels else sorted(spec.bev_channels)[0]
+    has = (lambda *names: all(n in available for n in names))
+    w = LossWeights(depth_bce=3.0 if has("lidar_depth") else 0.0, dense_feature=1.0,
+                    lgkd_feature=1.0 if has("fg_mask", "view_mask") else 0.0,
+                    heatmap=1.0 if has("heatmap") else 0.0, keypoint_response=1.0 if has("heatmap") else 0.0,
+                    instance=0.5 if has("instance_features", "boxes") and spec.instance_channels else 0.0)
+    return DistillationConfig(weights=w, depth_bins=depth_bins, feature_teacher=feat)
+
+
+def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, teacher: nn.Module | None,
+                   expect_grid: BEVGrid | None) -> tuple[Any, TeacherSpec | None, DistillationConfig, list[str]]:
+    """Open/check the cache (or probe the live teacher) and choose the losses.
+
+    Returns:
+        ``(cache reader or None, teacher spec or None, loss config, cache targets to read)``.
+    """
+    from teachers.input import TeacherInput  # the live teacher's probe input
+
+    depth_bins = config.student.depth.depth_bins
+    cache, spec, available = None, None, {"lidar_depth"}
+    if cache_path is not None:
+        cache = open_cache(cache_path, reader, expect_grid=expect_grid)
+        spec, available = spec_from_schema(cache.schema), {t.name for t in cache.schema.targets}
+    elif teacher is not None and not config.no_distill:
+        with torch.no_grad():
+            out = teacher(TeacherInput.from_samples([reader.read(0)], device=next(teacher.parameters()).device))
+        spec = spec_from_output(out)
+        available |= {f"bev_features/{k}" for k in out.bev_features} | {"heatmap", "boxes", "fg_mask", "view_mask"}
+        available |= {"instance_features"} if spec.instance_channels else set()
+        available |= {"depth_probs"} if out.depth_probs is not None else set()
+    if config.no_distill:
+        spec = None
+        distill = DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0),
+                                     depth_bins=depth_bins)
+    else:
+        distill = config.distill or default_distillation(spec, available, depth_bins)
+    need = required_targets(distill)
+    if cache is not None:
+        cache = open_cache(cache_path, reader, expect_grid=expect_grid, required_targets=need)
+    elif any(n not in available for n in need):
+        raise ValueError(f"train_student: losses need {[n for n in need if n not in available]}, which neither a "
+                         "cache nor a live teacher provides")
+    return cache, spec, distill, need
+
+
+__all__ = ["TrainConfig", "TrainResult", "choose_targets", "default_distillation", "required_targets"]
