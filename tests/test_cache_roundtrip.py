@@ -154,3 +154,20 @@ def test_instance_features_alone_come_with_their_boxes(tmp_path):
     got = CacheReader(tmp_path / "c", targets=["instance_features"]).read(writer.sample_tokens[1])
     want = data[writer.sample_tokens[1], 0]
     assert got.instance_features.shape == want.instance_features.shape and len(got.boxes) == len(want.boxes)
+
+
+def test_read_into_fills_caller_buffers(tmp_path):
+    _, writer, data = make_cache(tmp_path / "c", num_samples=3)
+    write(writer, data)
+    reader = CacheReader(tmp_path / "c")
+    shape, dtype = reader.stored_layout("bev_features/lidar_bev")
+    batch = np.zeros((2, *shape), dtype)
+    depth = np.zeros((2, *reader.stored_layout("lidar_depth")[0]), np.float16)
+    for j, row in enumerate((2, 0)):
+        got = reader.read(row, decode=False, into={"bev_features/lidar_bev": batch[j], "lidar_depth": depth[j]})
+        assert np.shares_memory(got.bev_features["lidar_bev"].data, batch[j])
+        np.testing.assert_array_equal(dequantize(got.bev_features["lidar_bev"]),
+                                      reader.read(row).bev_features["lidar_bev"])
+    np.testing.assert_array_equal(depth[1].astype(np.float32), reader.read(0).lidar_depth)
+    with pytest.raises(ValueError, match="writable C-contiguous"):
+        reader.read(0, into={"lidar_depth": np.zeros((6, 4, 8), np.float32)})

@@ -17,7 +17,7 @@ Formats (Zarr v3 spec; the layout :mod:`storage.cache.layout` creates):
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import google_crc32c
@@ -33,13 +33,15 @@ _ZSTD = Zstd()
 
 @dataclass(frozen=True)
 class ChunkRequest:
-    """One chunk to fetch: shard ``key``, row within the shard, and how to decode it."""
+    """One chunk to fetch: shard ``key``, row within the shard, how to decode it, and optionally
+    where to (``out``: a C-contiguous array of exactly ``shape`` and ``dtype``)."""
 
     key: str
     local: int
     shape: tuple[int, ...]
     dtype: str
     zstd: bool
+    out: np.ndarray | None = field(default=None, compare=False)
 
 
 class ChunkError(Exception):
@@ -54,7 +56,7 @@ def _parse_index(tail: bytes, shard_size: int) -> np.ndarray:
 
 
 def _decode(raw: bytes, req: ChunkRequest) -> np.ndarray:
-    out = np.empty(req.shape, dtype=np.dtype(req.dtype).newbyteorder("<"))
+    out = req.out if req.out is not None else np.empty(req.shape, dtype=np.dtype(req.dtype).newbyteorder("<"))
     if req.zstd:
         try:
             n = len(_ZSTD.decode(raw, out=out.reshape(-1).view(np.uint8)))
@@ -92,7 +94,17 @@ class ChunkFetcher:
         return [None if b is None else b.to_bytes() for b in sync(run())]
 
     def fetch(self, requests: list[ChunkRequest]) -> list[np.ndarray | ChunkError]:
-        """Decoded chunk arrays (writable) or the error of each request, in order."""
+        """Decoded chunk arrays (writable; ``request.out`` when given) or the error of each
+        request, in order.
+
+        Raises:
+            ValueError: an ``out`` array of the wrong shape, dtype or layout.
+        """
+        for r in requests:
+            if r.out is not None and (r.out.shape != tuple(r.shape) or r.out.dtype != np.dtype(r.dtype)
+                                      or not r.out.flags.c_contiguous or not r.out.flags.writeable):
+                raise ValueError(f"chunk {r.key}[{r.local}]: out must be a writable C-contiguous "
+                                 f"{tuple(r.shape)} {r.dtype} array, got {r.out.shape} {r.out.dtype}")
         errors: dict[str, ChunkError] = {}
         missing = sorted({r.key for r in requests if r.key not in self._index})
         tails = self._get_all([(k, SuffixByteRequest(self.shard_size * 16 + 4)) for k in missing])

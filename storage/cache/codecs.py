@@ -249,4 +249,4 @@ def decode(spec: TargetSpec, comps: dict[str, np.ndarray], *, count: int | None 
         return dequantize(q) if dequantize_values else q
     if codec.kind == "float16" and not dequantize_values:
         return data
-    return data.astype(np.float32)
+    return data.astype(np.float32, copy=False)

@@ -142,7 +142,13 @@ class CacheReader:
             raise KeyError(f"cache {self.location}: sample {sample_token}: view {view} outside [0, {self.schema.views})")
         return self._sample_index[sample_token] * self.schema.views + view
 
-    def read(self, row_or_token: int | str, view: int = 0, *, decode: bool = True) -> CachedTargets:
+    def stored_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Per-row shape and dtype of target ``name``'s stored data (what ``read(into=...)`` fills)."""
+        arr = self._arrays[name]["data"]
+        return tuple(arr.shape[1:]), np.dtype(arr.dtype)
+
+    def read(self, row_or_token: int | str, view: int = 0, *, decode: bool = True,
+             into: dict[str, np.ndarray] | None = None) -> CachedTargets:
         """Read one row.
 
         Args:
@@ -150,6 +156,9 @@ class CacheReader:
             view: view of a sample token (ignored for a row index).
             decode: False returns uint8 targets as :class:`QuantizedArray` and float16 as
                 float16, to ship small data and dequantise late (e.g. on the GPU).
+            into: target name -> array of :meth:`stored_layout` to decompress that target's data
+                into (e.g. row ``j`` of a shared-memory batch: no copy on the way to the trainer).
+                With ``decode=False`` the returned uint8 / float16 value is that array.
 
         Raises:
             CacheRowError: the row is not committed, or committed as failed (with its reason).
@@ -160,7 +169,7 @@ class CacheReader:
         out = CachedTargets(sample_token=meta["sample_token"], row=r, view=meta["view"],
                             view_matrix=manifest.view_matrix_of(self.rows, self._pos[r]))
         count = None
-        values = self._read_targets(r, meta, decode)
+        values = self._read_targets(r, meta, decode, into or {})
         for name in sorted(self.target_names, key=lambda n: n != "boxes"):  # boxes first: their count
             value = values[name]
             if name == "boxes":
@@ -188,12 +197,14 @@ class CacheReader:
                                 f"(row {r}) failed in the cache job: {meta['error']}")
         return meta
 
-    def _read_targets(self, r: int, meta: dict[str, Any], dequantize_values: bool) -> dict[str, Any]:
+    def _read_targets(self, r: int, meta: dict[str, Any], dequantize_values: bool,
+                      into: dict[str, np.ndarray]) -> dict[str, Any]:
         """name -> decoded value of every selected target of row ``r`` (one batched fetch)."""
         shard, local = divmod(r, self.schema.shard_size)
         where = [(name, comp, arr) for name in self.target_names for comp, arr in self._arrays[name].items()]
         got = self._fetcher.fetch([ChunkRequest(key=layout.shard_key(arr, shard), local=local, shape=arr.shape[1:],
-                                                dtype=str(arr.dtype), zstd=self._zstd[name, comp])
+                                                dtype=str(arr.dtype), zstd=self._zstd[name, comp],
+                                                out=into.get(name) if comp == "data" else None)
                                    for name, comp, arr in where])
         comps: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.target_names}
         for (name, comp, arr), value in zip(where, got):
