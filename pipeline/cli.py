@@ -53,8 +53,21 @@ def _requested() -> str | None:
     return _REQUESTED[0]
 
 
+def _quiet_third_party() -> None:
+    """Silence deprecation chatter of pinned dependencies (spconv 2.3.6 on torch 2.13) that a
+    user can do nothing about; our own warnings still show."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"spconv\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ray|spconv|cumm)\.")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    _quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     _REQUESTED[0] = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser()

@@ -1,0 +1,175 @@
+"""Render what the teacher stored for one sample: ``bevkd show``.
+
+One figure, BEV panels on top (x to the right, y up, lidar/view frame, metres) and the six
+cameras below:
+
+* BEV feature: the first stored stage, PCA of its channels to RGB, and its per-cell L2 norm;
+* heatmap: max over classes;
+* boxes: LiDAR points (grey), foreground mask (yellow), GT boxes (green, needs the dataset
+  reader) and teacher boxes (red, alpha = score);
+* view masks: each camera's frustum cells in its own colour;
+* per-camera LiDAR depth cells over the camera images (needs the dataset reader for images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.boxes import box_corners, transform_boxes
+from storage.cache import CacheReader, CachedTargets
+from storage.grid import BEVGrid
+from storage.sample import CAMERA_NAMES, Sample
+from storage.transforms import apply_transform
+
+_CAM_COLOURS = np.array([[0.89, 0.10, 0.11], [0.22, 0.49, 0.72], [0.30, 0.69, 0.29],
+                         [0.60, 0.31, 0.64], [1.00, 0.50, 0.00], [0.65, 0.34, 0.16]])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowResult:
+    """What :func:`render_sample` drew: the PNG and the numbers a test can check."""
+
+    path: Path
+    bev_stage: str | None
+    gt_boxes_drawn: int
+    teacher_boxes_drawn: int
+    gt_boxes_on_foreground: float  # fraction of drawn GT boxes (with LiDAR points) whose centre cell is foreground
+
+
+def pca_rgb(feature: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` feature map -> ``(H, W, 3)`` float in [0, 1]: its first three principal
+    components over cells, each min-max scaled."""
+    c, h, w = feature.shape
+    x = feature.reshape(c, -1).T.astype(np.float64)
+    x = x - x.mean(axis=0, keepdims=True)
+    k = min(3, c)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    proj = x @ vt[:k].T
+    if k < 3:
+        proj = np.concatenate([proj, np.zeros((len(proj), 3 - k))], axis=1)
+    lo, hi = proj.min(axis=0), proj.max(axis=0)
+    proj = (proj - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return proj.reshape(h, w, 3)
+
+
+def _footprints(ax, boxes: np.ndarray, colour: str, alphas: np.ndarray | None = None) -> None:
+    if len(boxes) == 0:
+        return
+    corners = box_corners(np.asarray(boxes, dtype=np.float64))[:, :4, :2]
+    for i, poly in enumerate(corners):
+        closed = np.vstack([poly, poly[:1]])
+        alpha = 1.0 if alphas is None else float(np.clip(alphas[i], 0.2, 1.0))
+        ax.plot(closed[:, 0], closed[:, 1], color=colour, lw=0.9, alpha=alpha)
+        front = poly[[0, 3]].mean(axis=0)  # heading tick: centre -> front face
+        centre = poly.mean(axis=0)
+        ax.plot([centre[0], front[0]], [centre[1], front[1]], color=colour, lw=0.9, alpha=alpha)
+
+
+def _bev_image(ax, img: np.ndarray, grid: BEVGrid, title: str, **kw) -> None:
+    pcr = grid.point_cloud_range
+    ax.imshow(img, origin="lower", extent=(pcr[0], pcr[3], pcr[1], pcr[4]), interpolation="nearest", **kw)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("x (m)", fontsize=7)
+    ax.set_ylabel("y (m)", fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def _gt_on_foreground(gt: np.ndarray, num_pts: np.ndarray, fg: np.ndarray | None, grid: BEVGrid) -> float:
+    if fg is None or len(gt) == 0:
+        return float("nan")
+    keep = (num_pts > 0) & grid.in_range(gt[:, :3])
+    if not keep.any():
+        return float("nan")
+    cells = grid.metric_to_cell(gt[keep, :2])
+    return float(fg[cells[:, 0], cells[:, 1]].mean())
+
+
+def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, view: int = 0,
+                  sample: Sample | None = None) -> ShowResult:
+    """Draw one cached row (and, when ``sample`` is given, its GT boxes, points and images).
+
+    Raises:
+        KeyError: ``sample_token`` is not in the cache.
+        storage.errors.CacheCorruptError: a stored chunk fails its checksum.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t: CachedTargets = reader.read(sample_token, view=view)
+    grid = reader.schema.grid
+    fig = plt.figure(figsize=(16, 10.5))
+    gs = fig.add_gridspec(3, 6, height_ratios=[1.25, 1, 1])
+    stage = next(iter(t.bev_features), None)
+    ax = fig.add_subplot(gs[0, 0])
+    if stage is not None:
+        feat = np.asarray(t.bev_features[stage], dtype=np.float32)
+        _bev_image(ax, pca_rgb(feat), grid, f"{stage} PCA->RGB {feat.shape}")
+        _bev_image(fig.add_subplot(gs[0, 1]), np.linalg.norm(feat, axis=0), grid, f"{stage} L2 norm", cmap="magma")
+    ax = fig.add_subplot(gs[0, 2])
+    if t.heatmap is not None:
+        _bev_image(ax, np.asarray(t.heatmap).max(axis=0), grid, "heatmap max over classes", cmap="viridis",
+                   vmin=0, vmax=1)
+    ax = fig.add_subplot(gs[0, 3:5])
+    gt_drawn, frac = 0, float("nan")
+    if t.fg_mask is not None:
+        _bev_image(ax, np.where(t.fg_mask, 1.0, np.nan), grid, "", cmap="Wistia", vmin=0, vmax=1.5, alpha=0.8)
+    if sample is not None:
+        pts = apply_transform(t.view_matrix, sample.points)
+        pts = pts[grid.in_range(pts)]
+        ax.scatter(pts[:, 0], pts[:, 1], s=0.05, c="0.45", linewidths=0)
+        gt = transform_boxes(sample.gt_boxes, t.view_matrix)
+        _footprints(ax, gt, "limegreen")
+        gt_drawn = len(gt)
+        frac = _gt_on_foreground(gt, sample.num_lidar_pts, t.fg_mask, grid)
+    n_teacher = 0 if t.boxes is None else len(t.boxes)
+    if n_teacher:
+        _footprints(ax, t.boxes, "red", t.scores)
+    pcr = grid.point_cloud_range
+    ax.set_xlim(pcr[0], pcr[3])
+    ax.set_ylim(pcr[1], pcr[4])
+    ax.set_aspect("equal")
+    ax.set_title(f"points, foreground (yellow), GT (green, {gt_drawn}), teacher (red, {n_teacher})", fontsize=8)
+    ax = fig.add_subplot(gs[0, 5])
+    if t.view_mask is not None:
+        rgb = np.ones((*grid.bev_shape, 3))
+        for k in range(t.view_mask.shape[0]):
+            rgb[t.view_mask[k]] = 0.5 * rgb[t.view_mask[k]] + 0.5 * _CAM_COLOURS[k % 6]
+        _bev_image(ax, rgb, grid, "view masks (one colour per camera)")
+    _draw_cameras(fig, gs, t, sample)
+    fig.suptitle(f"sample {sample_token}  view {view}  teacher {reader.schema.teacher.name}", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return ShowResult(path=out, bev_stage=stage, gt_boxes_drawn=gt_drawn, teacher_boxes_drawn=n_teacher,
+                      gt_boxes_on_foreground=frac)
+
+
+def _draw_cameras(fig, gs, t: CachedTargets, sample: Sample | None) -> None:
+    if t.lidar_depth is None and sample is None:
+        return
+    for k, name in enumerate(CAMERA_NAMES):
+        ax = fig.add_subplot(gs[1 + k // 3, 2 * (k % 3):2 * (k % 3) + 2])
+        ax.set_axis_off()
+        ax.set_title(name, fontsize=8)
+        if sample is not None:
+            cam = sample.camera(name)
+            w_img, h_img = cam.image_size
+            ax.imshow(cam.load_image(sample.sample_token), extent=(0, w_img, h_img, 0))
+        elif t.lidar_depth is not None:
+            h_img, w_img = t.lidar_depth.shape[1:]
+        if t.lidar_depth is None:
+            continue
+        depth = np.asarray(t.lidar_depth[k], dtype=np.float32)
+        rows, cols = np.nonzero(depth > 0)
+        sy, sx = h_img / depth.shape[0], w_img / depth.shape[1]
+        ax.scatter((cols + 0.5) * sx, (rows + 0.5) * sy, c=depth[rows, cols], s=7, cmap="turbo", vmin=0, vmax=60,
+                   linewidths=0)
+        ax.set_xlim(0, w_img)
+        ax.set_ylim(h_img, 0)
