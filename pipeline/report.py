@@ -19,7 +19,7 @@ _META = {"step", "epoch", "lr", "seconds", "tokens"}
 
 
 def plot_loss_curves(students: list[Any], out: Path) -> Path:
-    """One panel per loss term, both students overlaid (moving average over 10 steps)."""
+    """One panel per loss term, both students overlaid (raw, faint, and a moving average)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,9 +37,11 @@ def plot_loss_curves(students: list[Any], out: Path) -> Path:
             if not pts:
                 continue
             steps, vals = np.array(pts).T
-            k = min(10, len(vals))
+            k = max(1, min(10, len(vals) // 5))
             smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], smooth, label=name)
+            line, = ax.plot(steps[k - 1:], smooth, label=name, marker="." if len(smooth) < 20 else None)
+            if k > 1:
+                ax.plot(steps, vals, color=line.get_color(), alpha=0.25, lw=0.6)
         ax.set_title(term, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
