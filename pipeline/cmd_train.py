@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto (GPU of LOCAL_RANK if available, else CPU), cpu or cuda (default: %(default)s)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA float16 autocast + grad scaling)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: CUDA float16 autocast + grad scaling (bfloat16 autocast on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--student", choices=("base", "tiny"), default="base",
                         help="base: ResNet-50, 256x704 images (BEVDepth); tiny: the test/CPU model (default: %(default)s)")

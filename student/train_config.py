@@ -39,7 +39,7 @@ class TrainConfig:
         seed: model init, data order and augmentation.
         workers: DataLoader worker processes per rank.
         device: ``"auto"`` (``cuda:<LOCAL_RANK>`` if available, else CPU), ``"cpu"``, ``"cuda"``.
-        amp: CUDA autocast (float16) with a gradient scaler; ignored on CPU.
+        amp: mixed precision: CUDA float16 autocast with a gradient scaler (CPU: bfloat16 autocast).
         out_dir: checkpoints, logs and evaluation output.
         resume: continue from ``out_dir/checkpoints/last.pt`` when it exists.
         stop_after: end this invocation after this many steps (checkpointed) without changing the

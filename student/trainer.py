@@ -3,8 +3,8 @@
 :func:`train_student` is the one entry point (``bevkd train`` and the demo call it). One process,
 or one process per GPU/CPU worker under ``torchrun`` (DDP: the environment's ``WORLD_SIZE`` /
 ``RANK`` / ``MASTER_ADDR`` select it; gloo on CPU, NCCL on GPU; a ``DistributedSampler`` gives
-each rank its own rows). Mixed precision (``amp``) runs the student's forward under CUDA
-autocast (float16) with a gradient scaler; losses are computed in float32. Checkpoints hold
+each rank its own rows). Mixed precision (``amp``) runs the student's forward under autocast
+(CUDA: float16 with a gradient scaler; CPU: bfloat16); losses are computed in float32. Checkpoints hold
 model, loss modules (adapters, discriminator), optimizer, scaler and position; ``resume``
 continues a run bit for bit (augmentation draws depend on ``(seed, epoch, index)`` only, the
 learning rate on the step only). Every step's loss terms go to a JSONL log; at the end the
@@ -18,7 +18,6 @@ import json
 import math
 import os
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,8 +129,6 @@ def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | o
     """
     d = _init_distributed(config.device)
     device = _device(config.device, d.local_rank)
-    if config.amp and device.type != "cuda":
-        warnings.warn(f"train_student: amp is CUDA-only; training in float32 on {device}")
     try:
         run = _Run(config, reader, cache_path, teacher, expect_grid, d, device)
         run.train()
@@ -163,9 +160,10 @@ class _Run:
         torch.manual_seed(config.seed)
         self.model = StudentModel(config.student)
         self.wrapper = StudentWithLoss(self.model, DistillationLoss.for_student(self.distill, self.model, spec)).to(device)
-        self.use_amp = bool(config.amp and device.type == "cuda")
+        self.use_amp = bool(config.amp)  # CUDA: float16 + gradient scaling; CPU: bfloat16 (no scaling needed)
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.opt = torch.optim.AdamW(self.wrapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and device.type == "cuda")
         self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
         self.position = {"step": 0, "epoch": 0, "batch": 0}
         if config.resume and self.ckpt_path.exists():
@@ -230,7 +228,7 @@ class _Run:
         t0 = time.perf_counter()
         for group in self.opt.param_groups:
             group["lr"] = c.lr_at(step, self.total)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else None
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else None
         loss, terms = self.ddp(lb.student_batch(self.device), _batch_targets(lb, self.device, self.online), autocast)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -4,6 +4,7 @@ cache, bit-exact resume, online distillation, and DDP over gloo with 2 CPU proce
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -100,13 +101,14 @@ def test_resume_continues_bit_for_bit(reader, cache, tmp_path):
     assert not all(torch.equal(fresh[k], sa["model." + k]) for k in fresh)  # it did train
 
 
-def test_online_teacher_and_no_distill_runs(reader, teacher, tmp_path):
+def test_online_teacher_and_no_distill_amp_runs(reader, teacher, tmp_path):
     online = train_student(TrainConfig(student=CFG, steps=1, batch_size=2, progress=False, out_dir=str(tmp_path / "o")),
                            reader, None, teacher=teacher)
     assert {"dense_feature", "heatmap", "lgkd_feature", "depth_bce"} <= set(online.final_losses)
-    plain = train_student(TrainConfig(student=CFG, steps=1, batch_size=2, progress=False, no_distill=True,
-                                      out_dir=str(tmp_path / "n")), reader, None, teacher=teacher)
+    plain = train_student(TrainConfig(student=CFG, steps=1, batch_size=2, progress=False, no_distill=True, amp=True,
+                                      out_dir=str(tmp_path / "n")), reader, None, teacher=teacher)  # bf16 on CPU
     assert set(plain.final_losses) == {"detection_heatmap", "detection_regression", "depth_bce", "total"}
+    assert all(math.isfinite(v) and v > 0 for v in plain.final_losses.values())
 
 
 def test_ddp_two_cpu_processes_over_gloo_read_their_own_rows_and_agree(synth_dataroot, cache, tmp_path):
