@@ -12,7 +12,7 @@ from kd_cache import write_teacher_cache
 from storage.cache import CacheReader, QuantizedArray
 from storage.errors import CacheMismatchError
 from storage.nuscenes_reader import NuScenesReader
-from student.augment import BEVAugConfig, bev_augmentation_matrix
+from student.augment import BEVAugConfig, bev_augmentation_matrix, warp_depth
 from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, ImageAugConfig, StudentDataset, open_cache
 from student.targets_batch import align_targets, packed_to_teacher_targets, unpack_targets
@@ -153,3 +153,39 @@ def test_mismatched_caches_are_refused_naming_what_differs(synth_dataroot, reade
     with pytest.raises(CacheMismatchError, match=r"lacks targets \['depth_probs'\]"):
         open_cache(cache, reader, required_targets=["heatmap", "depth_probs"])
     assert open_cache(cache, reader, required_targets=["heatmap"]).schema.grid.same_as(DEMO_GRID.with_stride(8))
+
+
+def test_real_keyframe_augmented_cameras_and_depth_overlay(keyframe_info, artefacts):
+    """The real nuScenes keyframe (1600x900 cameras) through the loader at BEVDepth's 256x704:
+    LiDAR depth projected into the augmented (resized, cropped, flipped) images lands on the
+    image content; an overlay PNG of CAM_FRONT is written for a person to check."""
+    from PIL import Image, ImageDraw
+
+    from storage.mmdet3d_reader import Mmdet3dInfoReader
+
+    reader = Mmdet3dInfoReader(keyframe_info)
+    cfg = StudentConfig(image_size=(256, 704))
+    data = DataConfig(image_aug=ImageAugConfig(resize_jitter=(0.05, 0.05), crop_up=0.1, flip_prob=1.0), depth_stride=8)
+    item = StudentDataset(reader, cfg, data, train=True, seed=0)[0]
+    sample = reader.read(0)
+    assert item.images.shape == (6, 3, 256, 704) and item.images.dtype == np.uint8
+    assert item.img_aug[0][0, 0] < 0 and abs(abs(item.img_aug[0][0, 0]) - 704 / 1600 * 1.05) < 1e-5  # flipped, resized
+    depth = np.asarray(item.targets.lidar_depth, dtype=np.float32)
+    assert depth.shape == (6, 32, 88) and (depth > 0).sum() > 500
+    # full-resolution depth of the original image, moved through img_aug, agrees with the loader's
+    full = lidar_depth_maps(sample.points, item.cam_intrinsic.astype(np.float64), item.lidar_from_cam, (1600, 900), 1)
+    moved = warp_depth(torch.from_numpy(full), torch.from_numpy(item.img_aug.astype(np.float64)), (32, 88),
+                       dst_stride=8.0).numpy()
+    both = (moved > 0) & (depth > 0)
+    agree = (np.abs(moved[both] - depth[both]) < 0.05 * depth[both]).mean()
+    print(f"loader depth vs warped full-resolution depth: {agree:.3f} of {both.sum()} cells agree within 5 %")
+    assert both.sum() > 0.9 * (depth > 0).sum() and agree > 0.9
+    img = Image.fromarray(item.images[0].transpose(1, 2, 0).copy())
+    draw = ImageDraw.Draw(img)
+    rows, cols = np.nonzero(depth[0])
+    for r, c in zip(rows, cols):
+        d = float(depth[0, r, c])
+        color = (int(255 * min(d / 40, 1)), int(255 * (1 - min(d / 40, 1))), 0)
+        draw.ellipse([c * 8 + 2, r * 8 + 2, c * 8 + 6, r * 8 + 6], fill=color)
+    img.save(artefacts / "student_loader_cam_front_depth.png")
+    print(f"CAM_FRONT: {len(rows)} depth cells on the augmented image -> {artefacts / 'student_loader_cam_front_depth.png'}")
