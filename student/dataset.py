@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -340,6 +340,12 @@ class LoaderBatch:
                             lidar_from_cam=self.lidar_from_cam.to(device), img_aug=self.img_aug.to(device),
                             bev_aug=self.bev_aug.to(device), gt_boxes=[b.to(device) for b in self.gt_boxes],
                             gt_labels=[lab.to(device) for lab in self.gt_labels], sample_tokens=self.sample_tokens)
+
+    def pin_memory(self) -> "LoaderBatch":
+        """Page-locked copies (DataLoader ``pin_memory=True`` calls this) for asynchronous GPU copies."""
+        return replace(self, images=self.images.pin_memory(), targets=None if self.targets is None
+                       else self.targets.pin_memory(), points=None if self.points is None
+                       else [p.pin_memory() for p in self.points])
 
     def nbytes(self) -> int:
         """Bytes of the tensors shipped from the worker."""

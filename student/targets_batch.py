@@ -71,6 +71,16 @@ class PackedTargets:
                     total += t.numel() * t.element_size()
         return total + sum(t.numel() * t.element_size() for ts in self.ragged.values() for t in ts)
 
+    def pin_memory(self) -> "PackedTargets":
+        """Page-locked copies (DataLoader ``pin_memory=True`` calls this) for asynchronous GPU copies."""
+        pin = (lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t)
+        return PackedTargets(bev_grid=self.bev_grid,
+                             dense={k: (QuantizedArray(*(pin(x) for x in v)) if isinstance(v, QuantizedArray) else pin(v))
+                                    for k, v in self.dense.items()},
+                             ragged={k: [pin(t) for t in ts] for k, ts in self.ragged.items()},
+                             residual_bev=self.residual_bev, residual_img=self.residual_img,
+                             depth_out_size=self.depth_out_size, depth_stride=self.depth_stride)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedTargets":
         """A copy with the dense and ragged tensors on ``device`` (residuals stay on the CPU)."""
         mv = (lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t)
