@@ -22,7 +22,7 @@ import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 from storage.boxes import transform_boxes
 from storage.cache import CacheWriter, RowResult, manifest, stores
 from storage.errors import SampleError
+from storage.grid import BEVGrid
 from storage.sample import Sample, SampleReader
 from storage.targets import SampleTargets
 from student.augment import bev_augmentation_matrix
@@ -197,13 +198,14 @@ def augment_sample(sample: Sample, view_matrix: np.ndarray) -> Sample:
     if np.array_equal(view_matrix, np.eye(4)):
         return sample
     pts = sample.points.copy()
-    pts[:, :3] = (sample.points[:, :3].astype(np.float64) @ view_matrix[:3, :3].T + view_matrix[:3, 3]).astype(np.float32)
+    xyz = sample.points[:, :3].astype(np.float64) @ view_matrix[:3, :3].T + view_matrix[:3, 3]
+    pts[:, :3] = xyz.astype(np.float32)
     cams = tuple(dataclasses.replace(c, lidar_from_cam=view_matrix @ c.lidar_from_cam) for c in sample.cameras)
     return dataclasses.replace(sample, points=pts, gt_boxes=transform_boxes(sample.gt_boxes, view_matrix),
                                cameras=cams)
 
 
-def lidar_targets(view: Sample, grid: Any, config: CacheJobConfig, wanted: set[str],
+def lidar_targets(view: Sample, grid: BEVGrid, config: CacheJobConfig, wanted: set[str],
                   lidar_depth: np.ndarray | None) -> SampleTargets:
     """The network-free targets of one row (``view`` already augmented), only those in ``wanted``;
     ``lidar_depth`` of the sample is passed in (the same for every view)."""

@@ -186,6 +186,8 @@ class CacheJobSummary:
         nbytes: compressed bytes this run wrote.
         times: stage times summed over workers (read, teacher, targets, encode, write), s.
         wall_s: wall-clock time of the job, s (planning, workers and all).
+        startup_s: of which before the first shard could start: Ray start, teacher loading (spconv
+            builds its kernel table at import, ~5-15 s per process), planning the cache.
         workers: parallel workers (1 for the plain loop).
         errors: reasons of every failed row.
     """
@@ -199,6 +201,7 @@ class CacheJobSummary:
     nbytes: int = 0
     times: StageTimes = field(default_factory=StageTimes)
     wall_s: float = 0.0
+    startup_s: float = 0.0
     workers: int = 1
     errors: tuple[str, ...] = ()
 
@@ -227,7 +230,8 @@ class CacheJobSummary:
         lines = [f"cache {self.out}: {self.rows_ok} rows ok, {self.rows_failed} failed "
                  f"({100 * self.failed_fraction:.1f}%); this run wrote {self.rows_written} rows in "
                  f"{self.shards_written} shards ({self.shards_skipped} already committed), "
-                 f"{self.nbytes / 1e6:.2f} MB, {self.wall_s:.1f}s wall with {self.workers} worker(s)",
+                 f"{self.nbytes / 1e6:.2f} MB, {self.wall_s:.1f}s wall ({self.startup_s:.1f}s startup) with "
+                 f"{self.workers} worker(s)",
                  f"time per stage (summed over workers): {stage}"]
         lines += [f"FAILED: {e}" for e in self.errors[:max_errors]]
         if len(self.errors) > max_errors:
@@ -241,7 +245,7 @@ def run_loop(config: CacheJobConfig, reader: SampleReader, teacher_spec: Teacher
     start = time.perf_counter()
     teacher, info = teacher_spec.load()
     writer = plan_cache(out, reader, teacher, info, config, overwrite=overwrite)
-    summary = CacheJobSummary(out=stores.describe(writer.store))
+    summary = CacheJobSummary(out=stores.describe(writer.store), startup_s=time.perf_counter() - start)
     with tqdm(total=writer.schema.num_rows, unit="row", desc="cache (loop)", disable=not progress) as bar:
         for shard in range(writer.schema.num_shards):
             result = process_shard(teacher, reader, writer, shard, config)

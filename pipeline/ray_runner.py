@@ -12,9 +12,10 @@ stay out of the driver): it returns the cache schema, the driver creates or reop
 pending shards, at most two queued per actor.
 
 Fault tolerance: actors restart after a crash (``max_restarts``) and their calls are retried,
-also on Python exceptions (``max_task_retries`` with ``retry_exceptions``); a retried shard is
-rewritten whole (only a manifest fragment commits it, and a committed shard is skipped). A
-shard that still fails stays uncommitted, counts as failed rows, and a rerun retries it.
+also on Python exceptions (``max_task_retries`` with ``retry_exceptions``); the driver hands a
+shard lost with its actor to the next actor (:class:`_Dispatcher`). A retried shard is rewritten
+whole (only a manifest fragment commits it, and a committed shard is skipped). A shard that
+still fails stays uncommitted, counts as failed rows, and a rerun retries it.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from storage.cache import CacheSchema, CacheWriter, stores
 from storage.errors import CacheMismatchError
 from storage.sample import SampleReader
 
-#: Restarts of a crashed actor, and retries of one shard (crash or exception).
+#: Restarts of a crashed actor; Ray's retries of one call (crash or exception); the driver's attempts
+#: per shard after actor crashes, and its wait before handing a crashed shard out again.
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 2
+MAX_SHARD_ATTEMPTS = 4
+RETRY_DELAY_S = 2.0
 #: Object store of a local Ray started by the job (results are small; readers are pickled once).
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 ** 2
 
@@ -76,8 +80,9 @@ class ShardWorker:
         if self.writer is None:
             writer = CacheWriter.open(self.out)
             if writer.schema.teacher.weights_sha256 != self.info.weights_sha256:
-                raise CacheMismatchError(f"cache {self.out}: teacher weights sha256 {writer.schema.teacher.weights_sha256} "
-                                         f"but this worker loaded {self.info.weights_sha256}")
+                raise CacheMismatchError(f"cache {self.out}: teacher weights sha256 "
+                                         f"{writer.schema.teacher.weights_sha256} but this worker loaded "
+                                         f"{self.info.weights_sha256}")
             self.writer = writer
         return process_shard(self.teacher, self.reader, self.writer, shard_index, self.config)
 
@@ -118,34 +123,72 @@ def _lost_shard(writer: CacheWriter, shard: int, exc: BaseException) -> ShardRes
                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",))
 
 
+class _Dispatcher:
+    """Hands out pending shards, at most two queued per actor, and collects their results.
+
+    A shard whose actor crashed (``RayActorError``: died, or unavailable while restarting) is
+    handed again, after ``RETRY_DELAY_S``, to the next actor, up to ``MAX_SHARD_ATTEMPTS`` times;
+    Ray's own retries (``max_task_retries``) can be spent while the actor is still restarting.
+    A shard whose task raised after Ray's retries (``RayTaskError``) is reported lost.
+    """
+
+    def __init__(self, actors: list[Any], writer: CacheWriter, pending: list[int], summary: CacheJobSummary) -> None:
+        self.actors, self.writer, self.summary = actors, writer, summary
+        self.queue: deque[int] = deque(pending)
+        self.inflight: dict[Any, tuple[int, int]] = {}  # ref -> (actor index, shard)
+        self.later: list[tuple[float, int, int]] = []  # (not before, actor index, shard)
+        self.attempts: dict[int, int] = {}
+
+    def submit(self, a: int, shard: int | None = None) -> None:
+        if shard is None:
+            if not self.queue:
+                return
+            shard = self.queue.popleft()
+        self.attempts[shard] = self.attempts.get(shard, 0) + 1
+        self.inflight[self.actors[a].process.remote(shard)] = (a, shard)
+
+    def run(self, bar: Any) -> None:
+        for _ in range(2):
+            for a in range(len(self.actors)):
+                self.submit(a)
+        while self.inflight or self.later:
+            now = time.monotonic()
+            for item in [x for x in self.later if x[0] <= now]:
+                self.later.remove(item)
+                self.submit(item[1], item[2])
+            if not self.inflight:
+                time.sleep(0.1)
+                continue
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+            if done:
+                self.collect(done[0], bar)
+
+    def collect(self, ref: Any, bar: Any) -> None:
+        a, shard = self.inflight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            if self.attempts[shard] < MAX_SHARD_ATTEMPTS:
+                nxt = (a + 1) % len(self.actors)
+                self.later.append((time.monotonic() + RETRY_DELAY_S, nxt, shard))
+                return
+            result = _lost_shard(self.writer, shard, exc)
+        except ray.exceptions.RayError as exc:
+            result = _lost_shard(self.writer, shard, exc)
+        self.summary.add(result)
+        bar.update(result.rows)
+        bar.set_postfix(failed=self.summary.rows_failed)
+        self.submit(a)
+
+
 def _dispatch(actors: list[Any], writer: CacheWriter, pending: list[int], summary: CacheJobSummary,
               progress: bool) -> None:
     from tqdm import tqdm
 
-    queue, inflight = deque(pending), {}
     total = sum(len(writer.schema.shard_rows(i)) for i in pending)
     unit = "sample" if writer.schema.views == 1 else "row"
-
-    def submit(actor: Any) -> None:
-        if queue:
-            shard = queue.popleft()
-            inflight[actor.process.remote(shard)] = (actor, shard)
-
-    for _ in range(2):
-        for actor in actors:
-            submit(actor)
     with tqdm(total=total, unit=unit, desc="cache", disable=not progress, smoothing=0.1) as bar:
-        while inflight:
-            (ref,), _ = ray.wait(list(inflight), num_returns=1)
-            actor, shard = inflight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                result = _lost_shard(writer, shard, exc)
-            summary.add(result)
-            bar.update(result.rows)
-            bar.set_postfix(failed=summary.rows_failed)
-            submit(actor)
+        _Dispatcher(actors, writer, pending, summary).run(bar)
 
 
 def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_spec: TeacherSpec, out: str, *,
@@ -178,7 +221,8 @@ def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_spec: Te
         actors = _actors(teacher_spec, reader, str(out), config, max_workers, cpus_per_worker)
         schema = ray.get(actors[0].schema.remote())
         writer = open_or_create(out, schema, reader.sample_tokens, config, overwrite=overwrite)
-        summary = CacheJobSummary(out=stores.describe(writer.store), workers=len(actors))
+        summary = CacheJobSummary(out=stores.describe(writer.store), workers=len(actors),
+                                  startup_s=time.perf_counter() - start)
         pending = writer.pending_shards()
         for shard in sorted(set(range(schema.num_shards)) - set(pending)):
             done = committed_result(writer, shard)

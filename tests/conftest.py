@@ -46,7 +46,8 @@ def ray_session(tmp_path_factory):
     """One local Ray for the whole session (tests marked ``ray``; never under xdist): 2 CPUs, a
     100 MB object store, ``RAY_TMPDIR`` in the session's tmp dir, no auth, no dashboard, Ray's
     deprecation warnings filtered; ``tests/`` is on the workers' PYTHONPATH so test-only teachers
-    (``test_cache_job_support:tiny_bev_teacher``) import there. Job code reuses it as is."""
+    (``test_cache_job_support:tiny_bev_teacher``) import there, and ``$BEVKD_TEST_TMP`` is a folder
+    tests and workers share. Job code reuses this Ray as is."""
     import warnings
 
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -54,8 +55,9 @@ def ray_session(tmp_path_factory):
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
     ray_tmp = tmp_path_factory.mktemp("ray")
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "PYTHONPATH", "BEVKD_TEST_TMP")}
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(ray_tmp),
+                      BEVKD_TEST_TMP=str(tmp_path_factory.mktemp("raytest")),
                       PYTHONPATH=os.pathsep.join(p for p in (str(REPO / "tests"), saved["PYTHONPATH"]) if p))
     import ray
 

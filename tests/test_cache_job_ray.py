@@ -77,6 +77,20 @@ def test_ray_job_on_the_real_keyframe(ray_session, keyframe_info, tmp_path):
     assert row.view_mask.any(axis=(1, 2)).all() and (row.lidar_depth > 0).sum() > 1000
 
 
+def test_a_crashed_actor_restarts_and_its_shard_is_retried(ray_session, dataroot, tmp_path):
+    armed = Path(os.environ["BEVKD_TEST_TMP"], "crash-armed")
+    armed.touch()
+    reader = NuScenesReader(dataroot)
+    config = CacheJobConfig(shard_size=4, batch_size=2, image_size=(320, 180), depth_stride=8)
+    spec = TeacherSpec(name="test_cache_job_support:crashing_tiny_bev_teacher")
+    summary = run_cache_job(config, reader, spec, str(tmp_path / "ray"), progress=False)
+    assert not armed.exists()  # a worker process died in its first batched forward
+    assert (summary.rows_ok, summary.rows_failed, summary.rows_written) == (10, 0, 10)
+    run_loop(config, reader, spec, tmp_path / "loop")  # the armed file is gone: no crash here
+    assert assert_same_caches(tmp_path / "ray", tmp_path / "loop") == 10
+    assert verify_cache(tmp_path / "ray").ok
+
+
 def _settled_fragments(out: Path, quiet_s: float = 2.0, timeout_s: float = 30.0) -> dict[str, int]:
     """Fragment name -> mtime once no fragment appeared or changed for ``quiet_s``."""
     seen, since, start = None, time.monotonic(), time.monotonic()

@@ -4,6 +4,7 @@ import as ``test_cache_job_support:tiny_bev_teacher`` (the spconv teacher's impo
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,8 +25,9 @@ class TinyBEVTeacher(nn.Module):
     """Points -> per-cell (log count, mean z, max z, mean intensity) on a 32x32 BEV grid (DEMO_GRID
     at stride 8) -> one conv -> CenterHead (CenterPoint §3). Untrained; deterministic given its seed."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, crash_armed: str | None = None) -> None:
         super().__init__()
+        self.crash_armed = crash_armed
         self.out_grid = DEMO_GRID.with_stride(8)
         self.delay_s = delay_s
         self.conv = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU())
@@ -49,6 +51,13 @@ class TinyBEVTeacher(nn.Module):
     def forward(self, batch: TeacherInput) -> TeacherOutput:
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.crash_armed is not None and batch.batch_size > 1:
+            try:
+                os.remove(self.crash_armed)  # exactly one process wins the armed file ...
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(17)  # ... and dies like a segfaulting worker
         feat = self.conv(torch.stack([self.bev(p) for p in batch.points]))
         maps = self.head(feat)
         boxes, scores, labels = decode_boxes(maps, self.out_grid, score_threshold=0.1, max_boxes=40)
@@ -64,6 +73,12 @@ def tiny_bev_teacher() -> nn.Module:
 def slow_tiny_bev_teacher() -> nn.Module:
     """The tiny teacher taking >= 0.3 s per forward (so a job can be killed mid-run)."""
     return TinyBEVTeacher(delay_s=0.3)
+
+
+def crashing_tiny_bev_teacher() -> nn.Module:
+    """The tiny teacher whose process exits (os._exit) in the first batched forward after the file
+    ``$BEVKD_TEST_TMP/crash-armed`` was created (once: the crash removes the file)."""
+    return TinyBEVTeacher(crash_armed=os.path.join(os.environ["BEVKD_TEST_TMP"], "crash-armed"))
 
 
 def make_dataset(root: Path, num_scenes: int = 2, samples_per_scene: int = 4, seed: int = 11) -> Path:
