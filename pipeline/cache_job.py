@@ -356,9 +356,17 @@ def process_shard(teacher: nn.Module, reader: SampleReader, writer: CacheWriter,
     done = committed_result(writer, shard_index)
     if done is not None:
         return done
-    times = StageTimes()
-    report = writer.write_shard(shard_index, shard_rows(teacher, reader, writer, shard_index, config, times))
+    times, errors = StageTimes(), []
+
+    def rows() -> Iterator[RowResult]:
+        for row in shard_rows(teacher, reader, writer, shard_index, config, times):
+            if row.error is not None:
+                errors.append(row.error)
+            yield row
+
+    report = writer.write_shard(shard_index, rows())
     times.encode, times.write = report.encode_s, report.write_s
-    failed = committed_result(writer, shard_index)
+    if report.rows_failed != len(errors):  # the writer failed rows too (non-finite targets, too many boxes)
+        errors = list(committed_result(writer, shard_index).errors)  # type: ignore[union-attr]
     return ShardResult(shard_index=shard_index, rows_ok=report.rows_ok, rows_failed=report.rows_failed,
-                       nbytes=dict(report.nbytes), errors=failed.errors if failed else (), times=times)
+                       nbytes=dict(report.nbytes), errors=tuple(errors), times=times)

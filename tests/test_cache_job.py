@@ -66,6 +66,16 @@ def test_broken_samples_become_failed_rows_with_reasons(dataroot, tmp_path):
     assert report.ok and report.rows_checked == len(reader) - 4 and report.rows_failed_in_job == 4
 
 
+def test_rows_the_writer_refuses_fail_with_the_writers_reason(dataroot, tmp_path):
+    reader = NuScenesReader(dataroot)
+    nan_tokens = {t for t in reader.sample_tokens if len(reader.read(t).points) % 2 == 0}
+    assert 0 < len(nan_tokens) < len(reader)
+    summary = run_loop(CONFIG, reader, TeacherSpec(name="test_cache_job_support:nan_tiny_bev_teacher"),
+                       tmp_path / "cache")
+    assert summary.rows_failed == len(nan_tokens) and len(summary.errors) == len(nan_tokens)
+    assert all("heatmap" in e and any(t in e for t in nan_tokens) for e in summary.errors)
+
+
 def test_resume_skips_committed_shards_and_refuses_other_teachers(dataroot, tmp_path):
     reader, out = NuScenesReader(dataroot), tmp_path / "cache"
     first = run_loop(CONFIG, reader, TINY, out)

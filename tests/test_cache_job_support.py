@@ -75,6 +75,21 @@ def slow_tiny_bev_teacher() -> nn.Module:
     return TinyBEVTeacher(delay_s=0.3)
 
 
+class NaNHeatmapTeacher(TinyBEVTeacher):
+    """The tiny teacher with a NaN in the heatmap of every sample with an even number of points."""
+
+    def forward(self, batch: TeacherInput) -> TeacherOutput:
+        out = super().forward(batch)
+        for i, p in enumerate(batch.points):
+            if len(p) % 2 == 0:
+                out.heatmap[i, 0, 0, 0] = float("nan")
+        return out
+
+
+def nan_tiny_bev_teacher() -> nn.Module:
+    return NaNHeatmapTeacher()
+
+
 def crashing_tiny_bev_teacher() -> nn.Module:
     """The tiny teacher whose process exits (os._exit) in the first batched forward after the file
     ``$BEVKD_TEST_TMP/crash-armed`` was created (once: the crash removes the file)."""
