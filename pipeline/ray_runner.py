@@ -215,10 +215,11 @@ def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_spec: Te
         CacheMismatchError: ``out`` holds a cache made differently and not ``overwrite``.
     """
     start = time.perf_counter()
+    out = str(out) if "://" in str(out) else os.path.abspath(out)  # workers may run elsewhere than here
     started = ensure_ray(address)
     actors: list[Any] = []
     try:
-        actors = _actors(teacher_spec, reader, str(out), config, max_workers, cpus_per_worker)
+        actors = _actors(teacher_spec, reader, out, config, max_workers, cpus_per_worker)
         schema = ray.get(actors[0].schema.remote())
         writer = open_or_create(out, schema, reader.sample_tokens, config, overwrite=overwrite)
         summary = CacheJobSummary(out=stores.describe(writer.store), workers=len(actors),
