@@ -203,17 +203,17 @@ class DistillationLoss(nn.Module):
 
     def _features(self, out, targets, gt_boxes, terms) -> None:
         w, c = self.config.weights, self.config
-        if w.dense_feature:
+        if w.dense_feature or w.lgkd_feature or w.adversarial:
+            # one adapter pass shared by every term that distils this feature pair
             s, t = self._pair(out, targets, c.feature_student, c.feature_teacher)
+        if w.dense_feature:
             mask = gaussian_soft_mask(self._soft_mask_boxes(targets, gt_boxes), targets.bev_grid,
                                       min_radius=c.soft_mask_min_radius, min_overlap=c.soft_mask_min_overlap)
             terms["dense_feature"] = w.dense_feature * self.dense(s, t, mask.to(s.device))
         if w.lgkd_feature:
-            s, t = self._pair(out, targets, c.feature_student, c.feature_teacher)
             fg, view = self._need(targets, "fg_mask", "lgkd_feature"), self._need(targets, "view_mask", "lgkd_feature")
             terms["lgkd_feature"] = w.lgkd_feature * self.lgkd(s, t, fg, view)
         if w.adversarial:
-            s, t = self._pair(out, targets, c.feature_student, c.feature_teacher)
             terms["adversarial"] = w.adversarial * self.adversarial(s, t)
         for s_name, t_name, key in zip(_FUSION_STUDENT, c.fusion_teacher, ("fusion_camera", "fusion_lidar", "fusion_fused")):
             if getattr(w, key):
