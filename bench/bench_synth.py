@@ -8,6 +8,13 @@ of annotated boxes with at least one LiDAR point.
 
 from __future__ import annotations
 
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/storage.py is not `storage`
+sys.path.insert(0, os.path.dirname(_HERE))
+
 import argparse
 import tempfile
 import time

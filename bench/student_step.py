@@ -14,6 +14,13 @@ the point of the cache.
 
 from __future__ import annotations
 
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/storage.py is not `storage`
+sys.path.insert(0, os.path.dirname(_HERE))
+
 import argparse
 import math
 import time
