@@ -82,7 +82,8 @@ def _cache_table(summary: Any) -> str:
 
 
 def write_report(result: Any) -> Path:
-    """Write ``result.report`` (index.html) and its figures; returns the page's path."""
+    """Write ``result.report`` (index.html), its figures and ``summary.json`` (the same numbers,
+    machine-readable); returns the page's path."""
     out = Path(result.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     curves = plot_loss_curves(result.students, out.parent / "loss_curves.png")
@@ -115,4 +116,14 @@ devkit's DetectionEval on the generated mini_val split.</p>
 <h2>Configuration</h2><pre>{html.escape(json.dumps(vars(cfg), indent=1, default=str))}</pre>
 </body></html>"""
     out.write_text(page)
+    summary = {"students": {s.name: {"distill": s.distill, "NDS": s.metrics.NDS, "mAP": s.metrics.mAP,
+                                     "per_class_ap": s.metrics.per_class_ap, "tp_errors": s.metrics.tp_errors,
+                                     "steps": s.steps, "seconds_per_step": s.seconds_per_step}
+                            for s in result.students},
+               "nds_gain": gain, "cache": {"rows_ok": cs.rows_ok, "rows_failed": cs.rows_failed,
+                                           "stored_bytes_per_row": cs.stored_bytes_per_row,
+                                           "raw_bytes_per_row": cs.raw_bytes_per_row},
+               "cache_job_seconds": {**vars(job.times), "wall": job.wall_s},
+               "stage_seconds": result.stage_seconds}
+    (out.parent / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return out

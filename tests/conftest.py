@@ -70,3 +70,34 @@ def ray_session(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for the module: small ops on a shared 2-core machine only contend."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def synth_val_reader(synth_dataroot):
+    """The devkit reader over the tiny generated dataroot's ``mini_val`` split."""
+    from storage.nuscenes_reader import NuScenesReader
+
+    return NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_val")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher():
+    """The tiny CenterPoint teacher, untrained, seeded (``torch.manual_seed(0)``), in eval mode."""
+    import torch
+
+    from teachers.centerpoint import CenterPointTeacher
+    from teachers.config import centerpoint_tiny
+
+    torch.manual_seed(0)
+    return CenterPointTeacher(centerpoint_tiny()).eval()

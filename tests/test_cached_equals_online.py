@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from kd_cache import LOSSLESS, teacher_row, write_teacher_cache
-from storage.nuscenes_reader import NuScenesReader
 from student.augment import BEVAugConfig, bev_augmentation_matrix
 from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, StudentDataset
@@ -25,8 +24,6 @@ from student.losses import DistillationConfig, DistillationLoss, LossWeights, Te
 from student.model import StudentModel
 from student.targets_batch import live_teacher_targets, packed_to_teacher_targets, spec_from_schema, warp_bev_targets
 from storage.cache import CacheReader
-from teachers.centerpoint import CenterPointTeacher
-from teachers.config import centerpoint_tiny
 
 CFG = StudentConfig.tiny(simdistill=True)
 IMAGE_WH = (CFG.image_size[1], CFG.image_size[0])
@@ -38,22 +35,18 @@ DATA = DataConfig(bev_aug=BEVAugConfig(), depth_image_size=IMAGE_WH)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
-def reader(synth_dataroot):
-    return NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_val")
+def reader(synth_val_reader):
+    return synth_val_reader
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    return CenterPointTeacher(centerpoint_tiny()).eval()
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,6 @@ from student.augment import BEVAugConfig, bev_augmentation_matrix, warp_depth
 from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, ImageAugConfig, StudentDataset, open_cache
 from student.targets_batch import align_targets, packed_to_teacher_targets, unpack_targets
-from teachers.centerpoint import CenterPointTeacher
-from teachers.config import centerpoint_tiny
 from teachers.targets import fg_mask_from_boxes, lidar_depth_maps
 
 CFG = StudentConfig.tiny()
@@ -25,22 +23,18 @@ IMAGE_WH = (CFG.image_size[1], CFG.image_size[0])
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops on a shared 2-core machine: threads only contend
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
-def reader(synth_dataroot):
-    return NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_val")
+def reader(synth_val_reader):
+    return synth_val_reader
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    return CenterPointTeacher(centerpoint_tiny()).eval()
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

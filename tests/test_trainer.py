@@ -15,13 +15,10 @@ import torch
 
 from kd_cache import write_teacher_cache
 from pipeline.cli import main
-from storage.nuscenes_reader import NuScenesReader
 from student.config import StudentConfig
 from student.dataset import DataConfig
 from student.model import StudentModel
 from student.trainer import TrainConfig, train_student
-from teachers.centerpoint import CenterPointTeacher
-from teachers.config import centerpoint_tiny
 
 CFG = StudentConfig.tiny()
 IMAGE_WH = (CFG.image_size[1], CFG.image_size[0])
@@ -29,22 +26,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
-def reader(synth_dataroot):
-    return NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_val")
+def reader(synth_val_reader):
+    return synth_val_reader
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    torch.manual_seed(0)
-    return CenterPointTeacher(centerpoint_tiny()).eval()
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")
