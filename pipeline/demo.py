@@ -48,7 +48,7 @@ class DemoConfig:
     image_size: tuple[int, int] = (480, 270)
     teacher_checkpoint: str | None = None
     student: str = "tiny"
-    steps: int = 240
+    steps: int = 1000
     batch_size: int = 2
     lr: float = 1e-3
     device: str = "auto"
