@@ -114,7 +114,27 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     if t.heatmap is not None:
         _bev_image(ax, np.asarray(t.heatmap).max(axis=0), grid, "heatmap max over classes", cmap="viridis",
                    vmin=0, vmax=1)
-    ax = fig.add_subplot(gs[0, 3:5])
+    gt_drawn, n_teacher, frac = _draw_boxes_panel(fig.add_subplot(gs[0, 3:5]), t, grid, sample)
+    ax = fig.add_subplot(gs[0, 5])
+    if t.view_mask is not None:
+        rgb = np.ones((*grid.bev_shape, 3))
+        for k in range(t.view_mask.shape[0]):
+            rgb[t.view_mask[k]] = 0.5 * rgb[t.view_mask[k]] + 0.5 * _CAM_COLOURS[k % 6]
+        _bev_image(ax, rgb, grid, "view masks (one colour per camera)")
+    _draw_cameras(fig, gs, t, sample)
+    fig.suptitle(f"sample {sample_token}  view {view}  teacher {reader.schema.teacher.name}", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return ShowResult(path=out, bev_stage=stage, gt_boxes_drawn=gt_drawn, teacher_boxes_drawn=n_teacher,
+                      gt_boxes_on_foreground=frac)
+
+
+def _draw_boxes_panel(ax, t: CachedTargets, grid: BEVGrid, sample: Sample | None) -> tuple[int, int, float]:
+    """Points, foreground, GT and teacher boxes over the BEV; returns (GT drawn, teacher drawn,
+    fraction of GT boxes with points whose centre cell is foreground)."""
     gt_drawn, frac = 0, float("nan")
     if t.fg_mask is not None:
         _bev_image(ax, np.where(t.fg_mask, 1.0, np.nan), grid, "", cmap="Wistia", vmin=0, vmax=1.5, alpha=0.8)
@@ -134,21 +154,7 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     ax.set_ylim(pcr[1], pcr[4])
     ax.set_aspect("equal")
     ax.set_title(f"points, foreground (yellow), GT (green, {gt_drawn}), teacher (red, {n_teacher})", fontsize=8)
-    ax = fig.add_subplot(gs[0, 5])
-    if t.view_mask is not None:
-        rgb = np.ones((*grid.bev_shape, 3))
-        for k in range(t.view_mask.shape[0]):
-            rgb[t.view_mask[k]] = 0.5 * rgb[t.view_mask[k]] + 0.5 * _CAM_COLOURS[k % 6]
-        _bev_image(ax, rgb, grid, "view masks (one colour per camera)")
-    _draw_cameras(fig, gs, t, sample)
-    fig.suptitle(f"sample {sample_token}  view {view}  teacher {reader.schema.teacher.name}", fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return ShowResult(path=out, bev_stage=stage, gt_boxes_drawn=gt_drawn, teacher_boxes_drawn=n_teacher,
-                      gt_boxes_on_foreground=frac)
+    return gt_drawn, n_teacher, frac
 
 
 def _draw_cameras(fig, gs, t: CachedTargets, sample: Sample | None) -> None:
