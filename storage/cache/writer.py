@@ -110,6 +110,9 @@ class CacheWriter:
         self.schema = schema
         self.sample_tokens = sample_tokens
         self._arrays = layout.open_arrays(root, schema)
+        self._encodings = {name: {comp: enc if enc is not None and enc.shard_size == schema.shard_size else None
+                                  for comp, arr in comps.items() for enc in [layout.shard_encoding(arr)]}
+                           for name, comps in self._arrays.items()}
         self._sample_index = {t: i for i, t in enumerate(sample_tokens)}
 
     @classmethod
@@ -207,12 +210,26 @@ class CacheWriter:
             raise ValueError(f"shard {shard_index}: rows missing for (sample_token, view) {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}; give a RowResult with error= for failed rows")
         t0 = time.perf_counter()
-        for name, comps in blocks.items():
-            for comp, block in comps.items():
-                self._arrays[name][comp][expected.start:expected.stop] = block
-        report = self._commit(shard_index, expected, records)
+        sizes = self._write_blocks(shard_index, expected, blocks)
+        report = self._commit(shard_index, expected, records, sizes)
         report.encode_s, report.write_s = encode_s, time.perf_counter() - t0
         return report
+
+    def _write_blocks(self, shard_index: int, expected: range, blocks: dict[str, dict[str, np.ndarray]]
+                      ) -> dict[tuple[str, str], np.ndarray]:
+        """Store every component's shard; returns the per-chunk compressed sizes of the shards
+        encoded here (:func:`layout.encode_shard`, one put each); the others go through Zarr."""
+        puts: dict[str, bytes] = {}
+        sizes: dict[tuple[str, str], np.ndarray] = {}
+        for name, comps in blocks.items():
+            for comp, block in comps.items():
+                array, encoding = self._arrays[name][comp], self._encodings[name][comp]
+                if encoding is None:
+                    array[expected.start:expected.stop] = block
+                else:
+                    puts[layout.shard_key(array, shard_index)], sizes[name, comp] = layout.encode_shard(encoding, block)
+        stores.put_many(self.store, puts)
+        return sizes
 
     def _empty_blocks(self, n: int) -> dict[str, dict[str, np.ndarray]]:
         return {spec.name: {c: np.zeros((n, *shape), dtype) for c, (shape, dtype) in components(spec).items()}
@@ -248,12 +265,15 @@ class CacheWriter:
             timestamp_us=int(result.timestamp_us), view=result.view, view_matrix=np.asarray(vm, np.float64),
             status=manifest.STATUS_FAILED if error else manifest.STATUS_OK, error=error, crc32c=crcs, nbytes={})
 
-    def _commit(self, shard_index: int, expected: range, records: dict[int, manifest.ManifestRow]) -> ShardReport:
+    def _commit(self, shard_index: int, expected: range, records: dict[int, manifest.ManifestRow],
+                known_sizes: dict[tuple[str, str], np.ndarray]) -> ShardReport:
         report = ShardReport(shard_index=shard_index, rows_ok=0, rows_failed=0)
         per_row = np.zeros((len(self.schema.targets), len(expected)), np.int64)
         for t, spec in enumerate(self.schema.targets):
-            for arr in self._arrays[spec.name].values():
-                sizes = layout.shard_chunk_nbytes(self.store, arr, shard_index, self.schema.shard_size)
+            for comp, arr in self._arrays[spec.name].items():
+                sizes = known_sizes.get((spec.name, comp))
+                if sizes is None:
+                    sizes = layout.shard_chunk_nbytes(self.store, arr, shard_index, self.schema.shard_size)
                 if sizes is not None:
                     per_row[t] += np.maximum(sizes[:len(expected)], 0)
             report.nbytes[spec.name] = int(per_row[t].sum())
