@@ -1,11 +1,12 @@
-"""The whole pipeline on real input: cache the real nuScenes keyframe (mmdet3d reader),
-verify it, train a student a few steps from it, and render `bevkd show` for it."""
+"""The whole pipeline on real input: cache the real nuScenes keyframe (mmdet3d reader) with
+the project's reference teacher, verify it, train a student a few steps from it, and render `bevkd show` for it."""
 
 from __future__ import annotations
 
 import json
 
 from pipeline.cli import main
+from pipeline.demo import DEFAULT_TEACHER
 from pipeline.show import render_sample
 from storage.cache import CacheReader
 from storage.mmdet3d_reader import Mmdet3dInfoReader
@@ -14,7 +15,7 @@ from storage.mmdet3d_reader import Mmdet3dInfoReader
 def test_real_keyframe_cache_train_show(tmp_path, keyframe_info, artefacts, capsys):
     cache, run = tmp_path / "cache", tmp_path / "student"
     data = ["--info", str(keyframe_info)]
-    assert main(["cache", *data, "--teacher", "centerpoint", "--no-ray", "--no-progress", "--out", str(cache)]) == 0
+    assert main(["cache", *data, "--checkpoint", str(DEFAULT_TEACHER), "--no-ray", "--no-progress", "--out", str(cache)]) == 0
     assert main(["verify", str(cache)]) == 0
 
     reader = CacheReader(cache)
