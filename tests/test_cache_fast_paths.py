@@ -1,5 +1,6 @@
-"""The writer's own shard encoding (storage.cache.layout.encode_shard) is byte-identical to Zarr's,
-and arrays with other codecs still go through Zarr."""
+"""The writer's fast paths store exactly what the slow ones did: its own shard encoding
+(storage.cache.layout.encode_shard) is byte-identical to Zarr's, arrays with other codecs still go
+through Zarr, and codecs.to_float16 is NumPy's float16 cast bit for bit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from zarr.codecs import GzipCodec
 
 from storage.cache import CacheReader, CacheWriter, RowResult, layout, stores
-from storage.cache.codecs import components
+from storage.cache.codecs import components, to_float16
 from storage.cache.verify import verify_cache
 from test_cache_roundtrip import make_cache
 
@@ -69,3 +70,18 @@ def test_arrays_with_other_codecs_are_written_through_zarr(tmp_path):
     for i, report in enumerate(reports):  # sizes of the Zarr-written array come from its stored index
         sizes = layout.shard_chunk_nbytes(writer.store, gzip_array, i, schema.shard_size)
         assert report.nbytes["heatmap"] == int(np.maximum(sizes, 0).sum()) > 0
+
+
+def test_to_float16_is_numpys_cast_bit_for_bit():
+    rng = np.random.default_rng(3)
+    k = np.arange(0, 1025)
+    for dtype in (np.float32, np.float64):
+        ties = ((k + 0.5) * 2.0 ** -24).astype(dtype)  # halfway between float16 subnormals: to even
+        x = np.concatenate([
+            (rng.standard_normal(20000) * 10.0 ** rng.uniform(-12, 4, 20000)).astype(dtype), ties, -ties,
+            np.array([0.0, -0.0, 2.0 ** -14, -(2.0 ** -14), 2.0 ** -25, 3 * 2.0 ** -26, 65504.0, 1e-45], dtype)])
+        x = x[np.abs(x) <= 65504].reshape(1, -1)
+        got, want = to_float16(x), x.astype(np.float16)
+        assert got.dtype == np.float16 and got.shape == x.shape
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    assert (np.abs(ties) < 2.0 ** -14).sum() > 1000  # the subnormal path really ran
