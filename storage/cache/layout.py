@@ -131,7 +131,8 @@ class ShardEncoding:
     Attributes:
         dtype: stored little-endian dtype.
         shard_size: rows ``S`` per shard.
-        zstd: the chunk compressor (Zstd with content checksum), or ``None`` for a crc32c suffix.
+        zstd: the chunk compressor (the array's Zstd level and checksum flag), or ``None`` for a
+            crc32c suffix (uncompressed arrays).
     """
 
     dtype: np.dtype

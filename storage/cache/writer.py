@@ -8,8 +8,12 @@ Typical use (the cache job; one task per shard, in any order, from any process):
         rows = [RowResult(sample_token=t, view=v, targets=...) for t, v in writer.shard_rows(i)]
         writer.write_shard(i, rows)
 
-Two writers must never write the same shard (Zarr rewrites a whole shard per write, so the
+Two writers must never write the same shard (each write replaces the whole shard key, so the
 second would drop the first's rows); distinct shards are independent keys and safe.
+
+The writer encodes each component's shard itself, byte for byte as Zarr's sharding codec would
+(:func:`storage.cache.layout.encode_shard`), and stores it with one put: per row that costs the
+codecs and Zstd only, not Zarr's per-chunk pipeline (which dominated for small teachers).
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class ShardReport:
     """Outcome of one :meth:`CacheWriter.write_shard`: counts and compressed bytes per target.
 
     ``encode_s`` is the time spent encoding rows (codecs, checksums; not the time the ``rows``
-    iterable takes to produce them); ``write_s`` the time writing the shard and its fragment.
+    iterable takes to produce them); ``write_s`` the time compressing (Zstd) and storing the shard
+    and its fragment.
     """
 
     shard_index: int
