@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order of `bevkd --help`.
@@ -76,7 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
-    return int(module.run(args) or 0)
+    from storage.errors import CacheCorruptError, CacheMismatchError, SampleError, UnsafePickleError
+
+    user_errors = (FileNotFoundError, NotADirectoryError, CacheMismatchError, CacheCorruptError, SampleError,
+                   UnsafePickleError)
+    try:
+        return int(module.run(args) or 0)
+    except user_errors as exc:  # bad input, not a bug: one line, no traceback (BEVKD_DEBUG=1 shows it)
+        if os.environ.get("BEVKD_DEBUG"):
+            raise
+        print(f"bevkd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import argparse
 
 from tqdm import tqdm
 
-from storage.cache import manifest, stores
+from storage.cache import layout, manifest, stores
 from storage.cache.verify import verify_cache
 
 
@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     store = stores.open_store(args.cache, read_only=True)
+    layout.open_root(store)  # FileNotFoundError before any progress bar when there is no cache
     total = len(manifest.committed_shards(store))
     with tqdm(total=total, unit="shard", desc="verify", disable=args.no_progress) as bar:
         report = verify_cache(store, progress=bar.update)

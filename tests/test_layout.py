@@ -54,3 +54,13 @@ def test_import_storage_is_light():
     code = "import sys, storage; print(','.join(m for m in ('torch','ray','nuscenes','spconv','matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "", f"import storage pulled in: {out.stdout}"
+
+
+def test_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path, capsys):
+    from pipeline.cli import main
+
+    missing = tmp_path / "no_cache_here"
+    for cmd in ("inspect", "verify", "show"):
+        assert main([cmd, str(missing)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"bevkd {cmd}: FileNotFoundError") and str(missing) in err and "Traceback" not in err
