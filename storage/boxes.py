@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage.transforms import apply_transform, invert_transform, rotation_from_quaternion
+from storage.transforms import apply_transform, rotation_from_quaternion
 
 BOX_DIM = 9
 BOX_FIELDS = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
@@ -182,5 +182,5 @@ def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray, chunk: int = 65
 __all__ = [
     "BOX_DIM", "BOX_FIELDS", "box_corners", "boxes_from_mmdet3d_v0", "boxes_from_mmdet3d_v1",
     "boxes_from_nuscenes", "boxes_to_mmdet3d_v1", "boxes_to_nuscenes", "count_points_in_boxes",
-    "points_in_boxes", "transform_boxes", "wrap_angle", "invert_transform",
+    "points_in_boxes", "transform_boxes", "wrap_angle",
 ]

@@ -62,9 +62,17 @@ def transform_from_quaternion(q_wxyz: np.ndarray, translation: np.ndarray) -> np
 
 
 def invert_transform(dst_from_src: np.ndarray) -> np.ndarray:
-    """``src_from_dst`` of a rigid ``(4, 4)`` transform (exact for rotations, no general inverse)."""
-    r = dst_from_src[:3, :3]
-    t = dst_from_src[:3, 3]
+    """``src_from_dst`` of a ``(4, 4)`` transform.
+
+    Rigid transforms (orthonormal rotation block, 1e-9) are inverted exactly by transposition;
+    anything else (e.g. a scaled BEV augmentation ``view_matrix @ lidar_from_cam``) by
+    ``np.linalg.inv``.
+    """
+    m = np.asarray(dst_from_src, dtype=np.float64)
+    r = m[:3, :3]
+    t = m[:3, 3]
+    if not np.allclose(r.T @ r, np.eye(3), atol=1e-9):
+        return np.linalg.inv(m)
     return make_transform(r.T, -r.T @ t)
 
 

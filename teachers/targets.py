@@ -22,6 +22,7 @@ from storage.boxes import points_in_boxes
 from storage.grid import BEVGrid
 from storage.sample import CAMERA_NAMES, Sample
 from storage.targets import SampleTargets
+from storage.transforms import invert_transform
 from teachers.center_targets import build_center_targets
 from teachers.input import resize_intrinsic
 
@@ -81,19 +82,10 @@ def gaussian_fg_heatmap(gt_boxes: np.ndarray, gt_labels: np.ndarray, bev_grid: B
     return t.heatmap[0, 0].numpy()
 
 
-def _cam_from_lidar(lidar_from_cam: np.ndarray) -> np.ndarray:
-    r, t = lidar_from_cam[:3, :3], lidar_from_cam[:3, 3]
-    if not np.allclose(r.T @ r, np.eye(3), atol=1e-9):  # a scaled BEV view (view_matrix @ lidar_from_cam)
-        return np.linalg.inv(lidar_from_cam)
-    out = np.eye(4)
-    out[:3, :3], out[:3, 3] = r.T, -r.T @ t
-    return out
-
-
 def _project(points: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
     """``(N, 2)`` pixels ``[u, v]`` and ``(N,)`` depth (m) of lidar-frame points (uv NaN behind)."""
-    cf = _cam_from_lidar(np.asarray(lidar_from_cam, dtype=np.float64))
+    cf = invert_transform(lidar_from_cam)
     p = np.asarray(points, dtype=np.float64)[:, :3] @ cf[:3, :3].T + cf[:3, 3]
     depth = p[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -285,3 +285,13 @@ def test_transform_helpers():
     assert out.shape == (1, 3)
     np.testing.assert_allclose(out, [[1 + np.cos(0.4), 2 + np.sin(0.4), 3.0]])
     np.testing.assert_allclose(invert_transform(t) @ t, np.eye(4), atol=1e-12)
+
+
+def test_invert_transform_rigid_is_the_transpose_and_scaled_is_a_true_inverse():
+    rigid = make_transform(_rz(0.7), (100.0, 200.0, 1.0))
+    inv = invert_transform(rigid)
+    assert np.array_equal(inv[:3, :3], rigid[:3, :3].T)
+    assert np.allclose(inv @ rigid, np.eye(4), atol=1e-12)
+    scaled = make_transform(1.05 * _rz(-0.3), (1.0, -2.0, 0.5))  # a BEV view with global scaling
+    assert np.allclose(invert_transform(scaled) @ scaled, np.eye(4), atol=1e-12)
+    assert not np.allclose(invert_transform(scaled)[:3, :3], scaled[:3, :3].T, atol=1e-3)
