@@ -1,11 +1,12 @@
 # bevkd: the two set-up commands of the README.
 #   make demo  - install into .venv and run the main job on the embedded default
 #   make test  - install into .venv and run the test suite
+#   make lint  - ruff and mypy with the settings in pyproject.toml (.ci/run runs it before the tests)
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check storage teachers student pipeline tests bench
+	$(VENV)/bin/mypy storage teachers student pipeline
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -90,10 +90,10 @@ def image_check_cost(reader, n: int = 5) -> dict[str, float]:
 def run_full_teacher(reader, n: int, work: Path):
     """The plain loop with the nuScenes-size CenterPoint on the first ``n`` samples (one shard)."""
     from pipeline.cache_job import CacheJobConfig
-    from pipeline.cache_plan import TeacherSpec, run_loop
+    from pipeline.cache_plan import TeacherSource, run_loop
 
     return run_loop(CacheJobConfig(shard_size=n, batch_size=1), Subset(reader.reader, n),
-                    TeacherSpec(name="centerpoint_voxel0075"), work / "full")
+                    TeacherSource(name="centerpoint_voxel0075"), work / "full")
 
 
 def stage_line(name: str, summary) -> str:
@@ -114,7 +114,7 @@ def main() -> int:
     import torch
 
     from pipeline.cache_job import CacheJobConfig, check_images
-    from pipeline.cache_plan import TeacherSpec, run_loop
+    from pipeline.cache_plan import TeacherSource, run_loop
     from pipeline.ray_runner import run_cache_job
     from storage.nuscenes_reader import NuScenesReader
 
@@ -123,7 +123,7 @@ def main() -> int:
     for i in range(len(reader)):  # warm the page cache for both runs
         check_images(reader.read(i), "decode")
     config = CacheJobConfig(shard_size=args.shard_size, batch_size=4)
-    spec = TeacherSpec(name="centerpoint")
+    spec = TeacherSource(name="centerpoint")
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_cache_job_"))
     try:

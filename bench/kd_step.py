@@ -47,11 +47,11 @@ def _setup(root: Path, student: StudentConfig, batch_size: int):
     reader = NuScenesReader(data_root, version="v1.0-mini", split="mini_val")
     torch.manual_seed(0)
     teacher = CenterPointTeacher(centerpoint_tiny()).eval()
-    wh = (student.image_size[1], student.image_size[0])
+    wh = (student.image_hw[1], student.image_hw[0])
     cache = write_teacher_cache(root / "cache", reader, teacher, image_size=wh)
     schema = CacheReader(cache).schema
     spec, stored = spec_from_schema(schema), {t.name for t in schema.targets}
-    kd = default_distillation(spec, stored, student.depth.depth_bins)
+    kd = default_distillation(spec, stored)
     data = DataConfig(depth_image_size=wh)
     datasets = {"no_kd": StudentDataset(reader, student, data, seed=1),  # the trainer reads only what the losses need:
                 "cached": StudentDataset(reader, student, data, cache=cache, seed=1, cache_targets=required_targets(kd)),
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     student = StudentConfig.tiny() if args.student == "tiny" else StudentConfig()
     with tempfile.TemporaryDirectory() as tmp:
         teacher, datasets, spec, kd = _setup(Path(tmp), student, args.batch_size)
-        collate = {m: Collate(ds.grid, student.image_size) for m, ds in datasets.items()}
+        collate = {m: Collate(ds.grid, student.image_hw) for m, ds in datasets.items()}
         batches = {m: collate[m]([ds[i] for i in range(args.batch_size)]) for m, ds in datasets.items()}
-        plain = DistillationConfig(weights=LossWeights(depth_bce=3.0), depth_bins=student.depth.depth_bins)
+        plain = DistillationConfig(weights=LossWeights(depth_bce=3.0))
         runners = {}
         for mode in MODES:
             torch.manual_seed(0)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     times[mode].append(time.perf_counter() - t0)
         med = {m: statistics.median(v) for m, v in times.items()}
         load = _loader_costs(datasets)
-    print(f"student {args.student} ({student.image_size[0]}x{student.image_size[1]}, BEV {student.bev_grid.bev_shape}), "
+    print(f"student {args.student} ({student.image_hw[0]}x{student.image_hw[1]}, BEV {student.bev_grid.bev_shape}), "
           f"batch {args.batch_size}, {args.reps} interleaved steps per mode, {args.threads} thread(s)")
     print(f"KD terms: {', '.join(kd.weights.active())}")
     for m in MODES:

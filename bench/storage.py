@@ -6,12 +6,12 @@ Target set per sample (nuScenes CenterPoint grid, stride 8, cameras resized to 7
 
 Where the data comes from: the real nuScenes keyframe (../shared/data, scene-0061) rotated about
 z to make distinct samples. Masks and LiDAR depth are the real network-free targets
-(``teachers.targets.build_lidar_targets``). The BEV map is NOT a trained teacher's: it is a
+(``teachers.cache_row.build_cache_row``). The BEV map is NOT a trained teacher's: it is a
 random 3-layer conv net (Kaiming init, per-channel standardisation, ReLU) over a pillar image
 of the real points, which gives real spatial structure, ~half zeros and a constant background;
 fidelity is also reported on two synthetic maps (smooth, and i.i.d. ReLU noise = worst case).
 Heatmaps are CenterPoint Gaussians at the real box centres. Without ../shared everything is
-synthetic (``storage.cache.synthetic``).
+synthetic (``tests/synthetic_targets.py``).
 
 Prints bytes/sample per target and in total (manifest of a real cache on disk), encode and
 decode MB/s per core (single thread, numcodecs Zstd as the cache uses it), memcpy MB/s in the
@@ -28,7 +28,7 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # this file is not the `storage` package
-sys.path.insert(0, os.path.dirname(_HERE))
+sys.path[:0] = [os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")]
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -43,9 +43,9 @@ from storage.cache import (CacheReader, CacheSchema, CacheWriter, Codec, Dataset
                            TargetSpec, TeacherInfo, target_specs_for)
 from storage.cache.codecs import components, decode, encode  # noqa: E402
 from storage.cache.inspect import format_summary, inspect_cache  # noqa: E402
-from storage.cache.synthetic import SyntheticTargetsConfig, smooth_relu_features, synthetic_targets  # noqa: E402
 from storage.grid import NUSCENES_GRID  # noqa: E402
-from storage.targets import SampleTargets  # noqa: E402
+from storage.cache.row import CacheRow  # noqa: E402
+from synthetic_targets import SyntheticTargetsConfig, smooth_relu_features, synthetic_targets  # noqa: E402
 
 GRID = NUSCENES_GRID.with_stride(8)  # BEV 180x180
 IMAGE_SIZE = (704, 256)
@@ -82,14 +82,14 @@ def conv_features(points: np.ndarray, seed: int) -> np.ndarray:
     return x[0].numpy().astype(np.float32)
 
 
-def real_rows(n: int) -> list[SampleTargets] | None:
+def real_rows(n: int) -> list[CacheRow] | None:
     """``n`` rows from the real keyframe rotated by ``k * 360 / n`` degrees, or None without ../shared."""
     if not os.path.exists(KEYFRAME):
         return None
     from storage.boxes import transform_boxes
     from storage.mmdet3d_reader import Mmdet3dInfoReader
     from teachers.center_targets import build_center_targets
-    from teachers.targets import build_lidar_targets
+    from teachers.cache_row import build_cache_row
     base = Mmdet3dInfoReader(KEYFRAME).read(0)
     rng = np.random.default_rng(0)
     rows = []
@@ -100,7 +100,7 @@ def real_rows(n: int) -> list[SampleTargets] | None:
         pts = base.points.copy()
         pts[:, :3] = pts[:, :3] @ rot[:3, :3].T
         s = dataclasses.replace(base, points=pts, gt_boxes=transform_boxes(base.gt_boxes, rot))
-        t = build_lidar_targets(s, GRID, depth_stride=1, image_size=IMAGE_SIZE)
+        t = build_cache_row(None, s, bev_grid=GRID, depth_stride=1, image_wh=IMAGE_SIZE)
         bev = conv_features(pts, seed=k)
         heat = _heatmap(s, build_center_targets, rng)
         t.bev_features, t.heatmap = {"lidar_bev": bev}, heat
@@ -190,7 +190,7 @@ def print_codec_table(title: str, spec_name: str, shape, value, codecs: list[Cod
     return rows
 
 
-def write_cache(rows: list[SampleTargets], path: str) -> CacheReader:
+def write_cache(rows: list[CacheRow], path: str) -> CacheReader:
     specs = target_specs_for(rows[0], max_boxes=500)
     schema = CacheSchema(grid=GRID, teacher=TeacherInfo(name="bench-random-conv"), num_rows=len(rows),
                          dataset=DatasetInfo(dataset_id="nuscenes-keyframe-rotations", version="v1.0-mini",
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                                           f"(zeros {np.mean(bev == 0):.0%})", "bev_features/x", shape, bev, bev_codecs)}
     rng = np.random.default_rng(1)
     smooth = smooth_relu_features(rng, *shape)
-    fid["smooth"] = print_codec_table("BEV features, synthetic smooth ReLU (storage.cache.synthetic)",
+    fid["smooth"] = print_codec_table("BEV features, synthetic smooth ReLU (tests/synthetic_targets.py)",
                                       "bev_features/x", shape, smooth, bev_codecs[:2] + bev_codecs[4:5])
     iid = np.maximum(rng.standard_normal(shape).astype(np.float32), 0)
     fid["iid"] = print_codec_table("BEV features, i.i.d. ReLU(N(0,1)) noise (worst case)", "bev_features/x", shape,

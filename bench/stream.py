@@ -18,7 +18,7 @@ import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/storage.py is not `storage`
-sys.path.insert(0, os.path.dirname(_HERE))
+sys.path[:0] = [os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "tests")]
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from storage.cache import (CacheReader, CacheSchema, CacheWriter, DatasetInfo, QuantizedArray, RowResult,  # noqa: E402
                            TeacherInfo, dequantize, target_specs_for)
-from storage.cache.synthetic import synthetic_targets  # noqa: E402
+from synthetic_targets import synthetic_targets  # noqa: E402
 
 
 def _bench_storage():

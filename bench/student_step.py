@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from storage.grid import DEMO_GRID
-from student.augment import bev_augmentation_matrix
+from storage.bev_augment import bev_augmentation_matrix
 from student.config import StudentConfig
 from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherSpec, TeacherTargets
 from student.model import StudentBatch, StudentModel
@@ -40,8 +40,8 @@ ALL = LossWeights(detection=1.0, depth_bce=3.0, dense_feature=1.0, lgkd_feature=
 
 
 def _batch(cfg: StudentConfig, b: int) -> StudentBatch:
-    k = torch.tensor([[cfg.image_size[1] * 0.6, 0.0, cfg.image_size[1] / 2], [0.0, cfg.image_size[1] * 0.6,
-                      cfg.image_size[0] / 2], [0.0, 0.0, 1.0]]).expand(b, 6, 3, 3).clone()
+    k = torch.tensor([[cfg.image_hw[1] * 0.6, 0.0, cfg.image_hw[1] / 2], [0.0, cfg.image_hw[1] * 0.6,
+                      cfg.image_hw[0] / 2], [0.0, 0.0, 1.0]]).expand(b, 6, 3, 3).clone()
     lfc = torch.zeros(b, 6, 4, 4)
     for i in range(6):
         y = i * math.pi / 3
@@ -51,7 +51,7 @@ def _batch(cfg: StudentConfig, b: int) -> StudentBatch:
              for _ in range(b)]
     for bx in boxes:
         bx[:, 3:6] = bx[:, 3:6].abs() + 1
-    return StudentBatch(images=torch.randn(b, 6, 3, *cfg.image_size), cam_intrinsic=k, lidar_from_cam=lfc,
+    return StudentBatch(images=torch.randn(b, 6, 3, *cfg.image_hw), cam_intrinsic=k, lidar_from_cam=lfc,
                         img_aug=torch.eye(3).expand(b, 6, 3, 3).clone(), gt_boxes=boxes,
                         gt_labels=[torch.zeros(20, dtype=torch.long) for _ in range(b)])
 
@@ -96,13 +96,13 @@ def main() -> None:
     if args.config == "small":
         from dataclasses import replace
         from student.config import BackboneConfig
-        cfg = replace(cfg, backbone=BackboneConfig(depth=18, base_width=64), image_size=(128, 352),
+        cfg = replace(cfg, backbone=BackboneConfig(depth=18, base_width=64), image_hw=(128, 352),
                       bev_grid=DEMO_GRID.with_stride(4), fpn_channels=128, context_channels=64, bev_channels=64)
     model = StudentModel(cfg)
     batch = _batch(cfg, args.batch)
     spec, targets = _targets(cfg, args.batch, batch.gt_boxes)
-    alone = DistillationLoss.for_student(DistillationConfig(weights=LossWeights(), depth_bins=cfg.depth.depth_bins), model)
-    full = DistillationLoss.for_student(DistillationConfig(weights=ALL, depth_bins=cfg.depth.depth_bins), model, spec)
+    alone = DistillationLoss.for_student(DistillationConfig(weights=LossWeights()), model)
+    full = DistillationLoss.for_student(DistillationConfig(weights=ALL), model, spec)
 
     def step(loss_fn: DistillationLoss) -> None:
         opt = torch.optim.SGD([*model.parameters(), *loss_fn.parameters()], lr=1e-4)

@@ -2,14 +2,14 @@
 
 :func:`process_shard` reads the shard's samples, checks their camera images, runs the teacher
 in batches (on the BEV-augmented points for views > 0), adds the network-free LiDAR-guided
-targets (:func:`teachers.targets.build_lidar_targets`) and writes the whole shard, then its
+targets (each row by :func:`teachers.cache_row.build_cache_row`) and writes the whole shard, then its
 manifest fragment (:meth:`storage.cache.CacheWriter.write_shard`). A sample whose inputs are
 broken (missing file, truncated point cloud, bad JPEG, NaN points) becomes a failed row with its
 reason; the rest of the shard is written. :mod:`pipeline.ray_runner` only schedules these units;
 :func:`run_loop` runs them in a plain loop (tests, benchmarks, debugging).
 
 Views (``--views K``): row ``view 0`` is the plain sample; views ``1..K`` are BEV augmentations
-(BEVDet §3.3) drawn by :class:`ViewAugmentConfig` from a seed, the sample token and the view
+(BEVDet §3.3) drawn by :class:`storage.bev_augment.ViewAugmentConfig` from a seed, the sample token and the view
 index, so a rerun draws the same matrices. Points, GT boxes and ``lidar_from_cam`` are moved by
 the view matrix, so BEV targets (features, heatmap, boxes, masks) are in the view's frame
 (``view_matrix @ p_lidar``). Camera-frame targets (``lidar_depth``) do not change under a BEV
@@ -20,55 +20,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from storage.bev_augment import ViewAugmentConfig
 from storage.boxes import transform_boxes
-from storage.cache import CacheWriter, RowResult, manifest, stores
+from storage.cache import CacheRow, CacheWriter, Codec, RowResult, manifest
 from storage.errors import SampleError
-from storage.grid import BEVGrid
 from storage.sample import Sample, SampleReader
-from storage.targets import SampleTargets
-from student.augment import bev_augmentation_matrix
 from teachers.input import TeacherInput
 from teachers.output import TeacherOutput
-from teachers.targets import fg_mask_from_boxes, lidar_depth_maps, scaled_cameras, view_masks
+from teachers.cache_row import build_cache_row
 
-#: LiDAR-guided target names built without the network.
-LIDAR_TARGETS = ("fg_mask", "view_mask", "lidar_depth")
 IMAGE_CHECKS = ("decode", "draft", "none")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ViewAugmentConfig:
-    """Random BEV augmentation of views ``k > 0`` (BEVDet §3.3; BEVDepth's nuScenes ranges).
-
-    ``view_matrix = scale * R_z(rotation) @ F`` with rotation uniform in ``rotation_range``
-    (radians, default +-22.5 deg), scale uniform in ``scale_range`` (default 0.95-1.05) and each
-    of the x / y mirrors applied with probability ``flip_prob`` (see
-    :func:`student.augment.bev_augmentation_matrix`). The draw depends only on ``seed``, the
-    sample token and the view index.
-    """
-
-    rotation_range: tuple[float, float] = (-np.pi / 8, np.pi / 8)
-    scale_range: tuple[float, float] = (0.95, 1.05)
-    flip_prob: float = 0.5
-    seed: int = 0
-
-    def matrix(self, sample_token: str, view: int) -> np.ndarray:
-        """``(4, 4)`` float64 ``aug_from_lidar`` of a row; identity for view 0."""
-        if view == 0:
-            return np.eye(4)
-        rng = np.random.default_rng([self.seed, zlib.crc32(sample_token.encode()), view])
-        return bev_augmentation_matrix(rotation=float(rng.uniform(*self.rotation_range)),
-                                       scale=float(rng.uniform(*self.scale_range)),
-                                       flip_x=bool(rng.random() < self.flip_prob),
-                                       flip_y=bool(rng.random() < self.flip_prob))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +63,8 @@ class CacheJobConfig:
             ``decode`` (full decode), ``draft`` (JPEG DCT-scaled 1/8 decode: reads the whole
             entropy-coded stream, so truncation and corruption are caught) or ``none``.
         augment: the BEV augmentation of views > 0.
+        codecs: target name or field name -> codec overriding the field's default (recorded in
+            the schema's target specs).
         torch_threads: ``torch.set_num_threads`` in each worker (Ray sets OMP threads to 1).
     """
 
@@ -108,6 +79,7 @@ class CacheJobConfig:
     max_boxes: int = 500
     image_check: str = "draft"
     augment: ViewAugmentConfig = field(default_factory=ViewAugmentConfig)
+    codecs: dict[str, Codec] = field(default_factory=dict)
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
@@ -129,7 +101,7 @@ class StageTimes:
     encode: float = 0.0
     write: float = 0.0
 
-    def add(self, other: "StageTimes") -> None:
+    def add(self, other: StageTimes) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -205,23 +177,11 @@ def augment_sample(sample: Sample, view_matrix: np.ndarray) -> Sample:
                                cameras=cams)
 
 
-def lidar_targets(view: Sample, grid: BEVGrid, config: CacheJobConfig, wanted: set[str],
-                  lidar_depth: np.ndarray | None) -> SampleTargets:
-    """The network-free targets of one row (``view`` already augmented), only those in ``wanted``;
-    ``lidar_depth`` of the sample is passed in (the same for every view)."""
-    out = SampleTargets(lidar_depth=lidar_depth if "lidar_depth" in wanted else None)
-    if "fg_mask" in wanted:
-        out.fg_mask = fg_mask_from_boxes(view.gt_boxes, grid)
-    if "view_mask" in wanted:
-        ks, l2c = scaled_cameras(view, config.image_size)
-        out.view_mask = view_masks(ks, l2c, config.image_size, grid, max_depth=config.max_depth)
-    return out
-
-
-def sample_lidar_depth(sample: Sample, config: CacheJobConfig) -> np.ndarray:
-    """``(6, h // stride, w // stride)`` float32 LiDAR depth of the plain view (BEVDepth §3.2)."""
-    ks, l2c = scaled_cameras(sample, config.image_size)
-    return lidar_depth_maps(sample.points, ks, l2c, config.image_size, config.depth_stride)
+def job_row(output: TeacherOutput | None, view: Sample, config: CacheJobConfig, **kwargs: Any) -> CacheRow:
+    """:func:`teachers.cache_row.build_cache_row` with the job's image size, depth stride and
+    frustum depth (``kwargs``: its other keyword arguments)."""
+    return build_cache_row(output, view, image_wh=config.image_size, depth_stride=config.depth_stride,
+                           max_depth=config.max_depth, **kwargs)
 
 
 def teacher_forward(teacher: nn.Module, views: Sequence[Sample], image_size: tuple[int, int] | None = None
@@ -276,11 +236,10 @@ def _flush(teacher: nn.Module, items: list[_Pending], writer: CacheWriter, confi
     wanted = {s.name for s in writer.schema.targets}
     rows = []
     for j, it in enumerate(items):
-        st = out.sample_targets(j)
-        lt = lidar_targets(it.view, writer.schema.grid, config, wanted, it.lidar_depth)
-        st.fg_mask, st.view_mask, st.lidar_depth, st.view_matrix = lt.fg_mask, lt.view_mask, lt.lidar_depth, it.matrix
+        row = job_row(out, it.view, config, index=j, view_matrix=it.matrix, lidar_targets=wanted,
+                      lidar_depth=it.lidar_depth)
         rows.append(RowResult(sample_token=it.view.sample_token, view=it.index, scene=it.view.scene,
-                              timestamp_us=it.view.timestamp_us, view_matrix=it.matrix, targets=st))
+                              timestamp_us=it.view.timestamp_us, view_matrix=it.matrix, targets=row))
     times.targets += time.perf_counter() - t0
     return rows
 
@@ -312,7 +271,10 @@ def shard_rows(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, sh
             continue
         times.read += time.perf_counter() - t0
         t0 = time.perf_counter()
-        depth = sample_lidar_depth(sample, config) if "lidar_depth" in wanted else None
+        depth = None  # camera frame: the same for every view of the sample
+        if "lidar_depth" in wanted:
+            depth = job_row(None, sample, config, bev_grid=writer.schema.grid,
+                            lidar_targets=("lidar_depth",)).lidar_depth
         for v in views:
             m = config.augment.matrix(token, v)
             pending.append(_Pending(view=augment_sample(sample, m), index=v, matrix=m, lidar_depth=depth))
@@ -330,7 +292,7 @@ def committed_result(writer: CacheWriter, shard_index: int) -> ShardResult | Non
     if table is None:
         return None
     status, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
-    failed = tuple(e for s, e in zip(status, errors) if s != manifest.STATUS_OK)
+    failed = tuple(e for s, e in zip(status, errors, strict=True) if s != manifest.STATUS_OK)
     return ShardResult(shard_index=shard_index, rows_ok=len(status) - len(failed), rows_failed=len(failed),
                        errors=failed, skipped=True)
 

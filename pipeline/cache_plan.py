@@ -13,29 +13,27 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 import zarr
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.cache_job import (LIDAR_TARGETS, CacheJobConfig, ShardResult, StageTimes, lidar_targets,
-                                process_shard, sample_lidar_depth, teacher_forward)
-from storage.cache import CacheSchema, CacheWriter, DatasetInfo, TeacherInfo, stores, target_specs_for
+from pipeline.cache_job import CacheJobConfig, ShardResult, StageTimes, job_row, process_shard, teacher_forward
+from storage.cache import CacheRow, CacheSchema, CacheWriter, DatasetInfo, TeacherInfo, stores, target_specs_for
+from storage.cache.layout import JOB_ATTR
 from storage.errors import CacheMismatchError, SampleError
 from storage.grid import BEVGrid
 from storage.sample import SampleReader
-from storage.targets import SampleTargets
 from teachers import registry
 
-#: Root attribute holding the job config (JSON) next to the cache schema.
-JOB_ATTR = "bevkd_cache_job"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TeacherSpec:
-    """Which teacher a job runs; every worker loads its own copy with :meth:`load`.
+class TeacherSource:
+    """Where a job's teacher comes from; every worker loads its own copy with :meth:`load`.
 
     Args:
         name: registry name (``centerpoint``), ``package.module:factory``, or None to take the
@@ -51,7 +49,7 @@ class TeacherSpec:
     init_seed: int = 0
     device: str = "cpu"
 
-    def load(self, device: str | None = None) -> tuple[nn.Module, registry.TeacherInfo]:
+    def load(self, device: str | None = None) -> tuple[nn.Module, TeacherInfo]:
         """The teacher in eval mode on ``device`` (default ``self.device``) and its info."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.init_seed)
@@ -59,15 +57,9 @@ class TeacherSpec:
         return module.to(device or self.device), info
 
 
-def dataset_info(reader: SampleReader) -> DatasetInfo:
-    """``DatasetInfo`` from a reader's ``dataset_id`` (``<kind>:<version>:<split>``)."""
-    parts = str(reader.dataset_id).split(":", 2)
-    parts += [""] * (3 - len(parts))
-    return DatasetInfo(dataset_id=parts[0], version=parts[1], split=parts[2])
-
-
-def example_targets(teacher: nn.Module, reader: SampleReader, config: CacheJobConfig) -> tuple[SampleTargets, BEVGrid]:
-    """Every target of the first readable sample and the teacher's output grid (shapes for the schema).
+def example_row(teacher: nn.Module, reader: SampleReader, config: CacheJobConfig) -> tuple[CacheRow, BEVGrid]:
+    """The cache row of the first readable sample (its targets and shapes make the schema) and
+    the teacher's output grid.
 
     Raises:
         ValueError: no sample of the reader can be read.
@@ -78,10 +70,7 @@ def example_targets(teacher: nn.Module, reader: SampleReader, config: CacheJobCo
         except SampleError:
             continue
         out = teacher_forward(teacher, [sample], config.teacher_image_size)
-        st = out.sample_targets(0)
-        lt = lidar_targets(sample, out.bev_grid, config, set(LIDAR_TARGETS), sample_lidar_depth(sample, config))
-        st.fg_mask, st.view_mask, st.lidar_depth = lt.fg_mask, lt.view_mask, lt.lidar_depth
-        return st, out.bev_grid
+        return job_row(out, sample, config), out.bev_grid
     raise ValueError(f"{reader.dataset_id}: no sample could be read; nothing to cache")
 
 
@@ -89,28 +78,26 @@ def job_attrs(config: CacheJobConfig) -> dict[str, Any]:
     """The job config as JSON (what changes the stored values; operational flags excluded)."""
     d = dataclasses.asdict(config)
     d.pop("torch_threads")
+    d.pop("codecs")  # recorded (and compared) in the schema's target specs
     return json.loads(json.dumps(d))
 
 
-def build_schema(teacher: nn.Module, info: registry.TeacherInfo, reader: SampleReader,
-                 config: CacheJobConfig) -> CacheSchema:
+def build_schema(teacher: nn.Module, info: TeacherInfo, reader: SampleReader, config: CacheJobConfig) -> CacheSchema:
     """The schema of the cache a job writes.
 
     Raises:
         ValueError: ``config.targets`` names a target the teacher and LiDAR builders do not produce.
     """
-    example, grid = example_targets(teacher, reader, config)
-    specs = target_specs_for(example, max_boxes=config.max_boxes, only=config.targets)
+    example, grid = example_row(teacher, reader, config)
+    specs = target_specs_for(example, max_boxes=config.max_boxes, codecs=config.codecs, only=config.targets)
     if config.targets is not None:
         missing = sorted(set(config.targets) - {s.name for s in specs})
         if missing:
-            have = [s.name for s in target_specs_for(example, max_boxes=config.max_boxes)]
-            raise ValueError(f"targets {missing} are not produced by teacher {info.name!r} (available: {have})")
+            raise ValueError(f"targets {missing} are not produced by teacher {info.name!r} "
+                             f"(available: {example.target_names()})")
     views = 1 + config.views
-    return CacheSchema(grid=grid, teacher=TeacherInfo(name=info.name, config=info.config,
-                                                      weights_sha256=info.weights_sha256),
-                       dataset=dataset_info(reader), targets=specs, num_rows=len(reader.sample_tokens) * views,
-                       views=views, shard_size=config.shard_size)
+    return CacheSchema(grid=grid, teacher=info, dataset=DatasetInfo.from_reader_id(reader.dataset_id), targets=specs,
+                       num_rows=len(reader.sample_tokens) * views, views=views, shard_size=config.shard_size)
 
 
 def schema_differences(old: CacheSchema, new: CacheSchema, old_tokens: list[str], new_tokens: list[str]) -> list[str]:
@@ -136,7 +123,7 @@ def schema_differences(old: CacheSchema, new: CacheSchema, old_tokens: list[str]
     return diffs
 
 
-def plan_cache(out: stores.StoreLike, reader: SampleReader, teacher: nn.Module, info: registry.TeacherInfo,
+def plan_cache(out: stores.StoreLike, reader: SampleReader, teacher: nn.Module, info: TeacherInfo,
                config: CacheJobConfig, *, overwrite: bool = False) -> CacheWriter:
     """Create the job's cache at ``out``, or reopen it to resume (:func:`open_or_create` with the
     schema of :func:`build_schema`)."""
@@ -239,11 +226,11 @@ class CacheJobSummary:
         return "\n".join(lines)
 
 
-def run_loop(config: CacheJobConfig, reader: SampleReader, teacher_spec: TeacherSpec, out: stores.StoreLike, *,
+def run_loop(config: CacheJobConfig, reader: SampleReader, teacher_source: TeacherSource, out: stores.StoreLike, *,
              overwrite: bool = False, progress: bool = False) -> CacheJobSummary:
     """The whole cache job as a plain in-process loop over the pending shards (no Ray)."""
     start = time.perf_counter()
-    teacher, info = teacher_spec.load()
+    teacher, info = teacher_source.load()
     writer = plan_cache(out, reader, teacher, info, config, overwrite=overwrite)
     summary = CacheJobSummary(out=stores.describe(writer.store), startup_s=time.perf_counter() - start)
     with tqdm(total=writer.schema.num_rows, unit="row", desc="cache (loop)", disable=not progress) as bar:

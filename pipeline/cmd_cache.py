@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from storage.readers import add_reader_arguments, reader_from_args
+from pipeline.dataset_args import add_reader_arguments, reader_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.cache_job import CacheJobConfig, ViewAugmentConfig
-    from pipeline.cache_plan import TeacherSpec, run_loop
+    from pipeline.cache_plan import TeacherSource, run_loop
     from storage.errors import CacheMismatchError
 
     try:
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                                 depth_stride=args.depth_stride, max_boxes=args.max_boxes,
                                 image_check=args.image_check, augment=ViewAugmentConfig(seed=args.view_seed),
                                 torch_threads=args.torch_threads)
-        spec = TeacherSpec(name=args.teacher, checkpoint=args.checkpoint, init_seed=args.init_seed)
+        spec = TeacherSource(name=args.teacher, checkpoint=args.checkpoint, init_seed=args.init_seed)
         if args.no_ray:
             import torch
 

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from storage.readers import add_reader_arguments
+    from pipeline.dataset_args import add_reader_arguments
 
     add_reader_arguments(parser)
     parser.add_argument("--limit", type=int, default=0, help="read only the first N samples (0: all)")
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from storage.errors import SampleError
-    from storage.readers import reader_from_args
+    from pipeline.dataset_args import reader_from_args
     from storage.sample import NUSCENES_CLASSES
 
     try:

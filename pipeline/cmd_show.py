@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from storage.readers import add_reader_arguments, reader_from_args
+from pipeline.dataset_args import add_reader_arguments, reader_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

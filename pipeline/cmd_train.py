@@ -12,7 +12,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from storage.readers import add_reader_arguments
+    from pipeline.dataset_args import add_reader_arguments
 
     add_reader_arguments(parser)
     parser.add_argument("--cache", metavar="DIR", default=None,
@@ -58,7 +58,7 @@ def _student_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from storage.errors import CacheMismatchError
-    from storage.readers import reader_from_args
+    from pipeline.dataset_args import reader_from_args
     from student.trainer import TrainConfig, train_student
 
     try:

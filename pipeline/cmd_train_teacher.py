@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from storage.readers import add_reader_arguments
+    from pipeline.dataset_args import add_reader_arguments
 
     add_reader_arguments(parser)
     parser.add_argument("--teacher", default="centerpoint",
@@ -65,7 +65,7 @@ def _ensure_data(args: argparse.Namespace) -> None:
 def _load_samples(args: argparse.Namespace, split: str) -> tuple[list, object]:
     from tqdm import tqdm
 
-    from storage.readers import reader_from_args
+    from pipeline.dataset_args import reader_from_args
 
     a = copy.copy(args)
     a.split = split
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from teachers.registry import TEACHERS, load_teacher, save_checkpoint
-    from teachers.train import TrainConfig, predict, train_teacher
+    from teachers.train import TeacherTrainConfig, predict, train_teacher
 
     if args.teacher not in TEACHERS:
         print(f"bevkd train-teacher: unknown teacher {args.teacher!r}; choose from {', '.join(TEACHERS)}")
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     meta: dict = dict(info.meta)
     if args.epochs > 0:
         train_samples, train_reader = _load_samples(args, args.train_split)
-        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=image_size,
-                          max_seconds=60 * args.max_minutes, seed=args.seed)
+        cfg = TeacherTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=image_size,
+                                 max_seconds=60 * args.max_minutes, seed=args.seed)
         with tqdm(desc=f"train {args.teacher}", unit="step") as bar:
             def progress(step: int, total: int, loss: float) -> None:
                 bar.total = total

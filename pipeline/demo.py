@@ -119,14 +119,14 @@ def generate_data(cfg: DemoConfig) -> Path:
 def build_cache(cfg: DemoConfig, dataroot: Path, checkpoint: Path) -> tuple[Path, Any]:
     """Stage 3: the Ray cache job over ``mini_train`` (resumes a partial cache)."""
     from pipeline.cache_job import CacheJobConfig
-    from pipeline.cache_plan import TeacherSpec
+    from pipeline.cache_plan import TeacherSource
     from pipeline.ray_runner import run_cache_job
     from storage.nuscenes_reader import NuScenesReader
 
     reader = NuScenesReader(dataroot, version="v1.0-mini", split="mini_train")
     out = cfg.root / "cache"
     job = CacheJobConfig(shard_size=8, batch_size=4, image_size=_student_image_size(cfg))
-    summary = run_cache_job(job, reader, TeacherSpec(checkpoint=str(checkpoint)), str(out))
+    summary = run_cache_job(job, reader, TeacherSource(checkpoint=str(checkpoint)), str(out))
     _log(summary.format(max_errors=5))
     return out, summary
 
@@ -138,7 +138,7 @@ def _student_config(cfg: DemoConfig) -> Any:
 
 
 def _student_image_size(cfg: DemoConfig) -> tuple[int, int]:
-    h, w = _student_config(cfg).image_size  # StudentConfig keeps (height, width)
+    h, w = _student_config(cfg).image_hw  # StudentConfig keeps (height, width)
     return (w, h)
 
 

@@ -30,7 +30,7 @@ import ray
 import torch
 
 from pipeline.cache_job import CacheJobConfig, ShardResult, committed_result, process_shard
-from pipeline.cache_plan import CacheJobSummary, TeacherSpec, build_schema, open_or_create
+from pipeline.cache_plan import CacheJobSummary, TeacherSource, build_schema, open_or_create
 from storage.cache import CacheSchema, CacheWriter, stores
 from storage.errors import CacheMismatchError
 from storage.sample import SampleReader
@@ -52,17 +52,17 @@ class ShardWorker:
     """One worker of the job (a Ray actor in :func:`run_cache_job`; a plain object in tests).
 
     Args:
-        teacher_spec: the teacher to load.
+        teacher_source: the teacher to load.
         reader: the dataset reader (pickled to the actor).
         out: the cache location (opened on the first shard, after planning created it).
         config: the job config.
         device: ``cpu`` or ``cuda``.
     """
 
-    def __init__(self, teacher_spec: TeacherSpec, reader: SampleReader, out: str, config: CacheJobConfig,
+    def __init__(self, teacher_source: TeacherSource, reader: SampleReader, out: str, config: CacheJobConfig,
                  device: str = "cpu") -> None:
         torch.set_num_threads(config.torch_threads)  # Ray sets OMP_NUM_THREADS=1 in workers
-        self.teacher, self.info = teacher_spec.load(device)
+        self.teacher, self.info = teacher_source.load(device)
         self.reader, self.out, self.config = reader, out, config
         self.writer: CacheWriter | None = None
 
@@ -103,7 +103,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> bo
     return True
 
 
-def _actors(teacher_spec: TeacherSpec, reader: SampleReader, out: str, config: CacheJobConfig,
+def _actors(teacher_source: TeacherSource, reader: SampleReader, out: str, config: CacheJobConfig,
             max_workers: int | None, cpus_per_worker: float) -> list[Any]:
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
@@ -113,7 +113,7 @@ def _actors(teacher_spec: TeacherSpec, reader: SampleReader, out: str, config: C
         n, opts, device = max(1, int(res.get("CPU", 1) // cpus_per_worker)), {"num_cpus": cpus_per_worker}, "cpu"
     n = max(1, min(n, max_workers or n))
     cls = ray.remote(max_restarts=MAX_RESTARTS)(ShardWorker)
-    return [cls.options(**opts).remote(teacher_spec, reader, out, config, device) for _ in range(n)]
+    return [cls.options(**opts).remote(teacher_source, reader, out, config, device) for _ in range(n)]
 
 
 def _lost_shard(writer: CacheWriter, shard: int, exc: BaseException) -> ShardResult:
@@ -191,7 +191,7 @@ def _dispatch(actors: list[Any], writer: CacheWriter, pending: list[int], summar
         _Dispatcher(actors, writer, pending, summary).run(bar)
 
 
-def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_spec: TeacherSpec, out: str, *,
+def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_source: TeacherSource, out: str, *,
                   address: str | None = None, overwrite: bool = False, progress: bool = True,
                   max_workers: int | None = None, cpus_per_worker: float = 1.0) -> CacheJobSummary:
     """Run a teacher once over a dataset into the cache at ``out``, on Ray; resumable.
@@ -199,7 +199,7 @@ def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_spec: Te
     Args:
         config: what to compute and store.
         reader: the dataset (picklable :class:`storage.sample.SampleReader`).
-        teacher_spec: the teacher (name / checkpoint) every worker loads.
+        teacher_source: the teacher (name / checkpoint) every worker loads.
         out: cache location (directory or fsspec URL visible to every worker).
         address: Ray cluster to join (``auto``, ``ray://host:10001``); None starts a local Ray
             sized to the machine unless one is already initialised (then it is used as is).
@@ -219,7 +219,7 @@ def run_cache_job(config: CacheJobConfig, reader: SampleReader, teacher_spec: Te
     started = ensure_ray(address)
     actors: list[Any] = []
     try:
-        actors = _actors(teacher_spec, reader, out, config, max_workers, cpus_per_worker)
+        actors = _actors(teacher_source, reader, out, config, max_workers, cpus_per_worker)
         schema = ray.get(actors[0].schema.remote())
         writer = open_or_create(out, schema, reader.sample_tokens, config, overwrite=overwrite)
         summary = CacheJobSummary(out=stores.describe(writer.store), workers=len(actors),

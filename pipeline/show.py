@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.boxes import box_corners, transform_boxes
-from storage.cache import CacheReader, CachedTargets
+from storage.cache import CacheReader, CacheRow
 from storage.grid import BEVGrid
 from storage.sample import CAMERA_NAMES, Sample
 from storage.transforms import apply_transform
@@ -100,7 +100,7 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t: CachedTargets = reader.read(sample_token, view=view)
+    t: CacheRow = reader.read(sample_token, view=view)
     grid = reader.schema.grid
     fig = plt.figure(figsize=(16, 10.5))
     gs = fig.add_gridspec(3, 6, height_ratios=[1.25, 1, 1])
@@ -132,7 +132,7 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
                       gt_boxes_on_foreground=frac)
 
 
-def _draw_boxes_panel(ax, t: CachedTargets, grid: BEVGrid, sample: Sample | None) -> tuple[int, int, float]:
+def _draw_boxes_panel(ax, t: CacheRow, grid: BEVGrid, sample: Sample | None) -> tuple[int, int, float]:
     """Points, foreground, GT and teacher boxes over the BEV; returns (GT drawn, teacher drawn,
     fraction of GT boxes with points whose centre cell is foreground)."""
     gt_drawn, frac = 0, float("nan")
@@ -157,7 +157,7 @@ def _draw_boxes_panel(ax, t: CachedTargets, grid: BEVGrid, sample: Sample | None
     return gt_drawn, n_teacher, frac
 
 
-def _draw_cameras(fig, gs, t: CachedTargets, sample: Sample | None) -> None:
+def _draw_cameras(fig, gs, t: CacheRow, sample: Sample | None) -> None:
     if t.lidar_depth is None and sample is None:
         return
     for k, name in enumerate(CAMERA_NAMES):

@@ -18,26 +18,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from storage.arrays import BoolArray, Float64Array, Int64Array
 from storage.transforms import apply_transform, rotation_from_quaternion
 
 BOX_DIM = 9
 BOX_FIELDS = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy")
 
 
-def wrap_angle(yaw: np.ndarray) -> np.ndarray:
+def wrap_angle(yaw: Float64Array) -> Float64Array:
     """Angles wrapped to ``[-pi, pi)``."""
     return (np.asarray(yaw) + np.pi) % (2 * np.pi) - np.pi
 
 
-def _check(boxes: np.ndarray, name: str = "boxes") -> np.ndarray:
+def _check(boxes: Float64Array, name: str = "boxes") -> Float64Array:
     b = np.asarray(boxes, dtype=np.float64)
     if b.ndim != 2 or b.shape[1] != BOX_DIM:
-        raise ValueError(f"{name}: expected (N, {BOX_DIM}) [x,y,z,l,w,h,yaw,vx,vy], got shape {b.shape}")
+        raise ValueError(f"{name}: expected (N, {BOX_DIM}) [{','.join(BOX_FIELDS)}], got shape {b.shape}")
     return b
 
 
-def boxes_from_nuscenes(translation: np.ndarray, size_wlh: np.ndarray, rotation_wxyz: np.ndarray,
-                        velocity: np.ndarray, dst_from_global: np.ndarray) -> np.ndarray:
+def boxes_from_nuscenes(translation: Float64Array, size_wlh: Float64Array, rotation_wxyz: Float64Array,
+                        velocity: Float64Array, dst_from_global: Float64Array) -> Float64Array:
     """nuScenes annotations (global frame) to ``(N, 9)`` boxes in ``dst``.
 
     Args:
@@ -65,7 +66,7 @@ def boxes_from_nuscenes(translation: np.ndarray, size_wlh: np.ndarray, rotation_
     return out
 
 
-def boxes_to_nuscenes(boxes: np.ndarray, global_from_src: np.ndarray) -> dict[str, np.ndarray]:
+def boxes_to_nuscenes(boxes: Float64Array, global_from_src: Float64Array) -> dict[str, Float64Array]:
     """Inverse of :func:`boxes_from_nuscenes`: ``translation (N,3)``, ``size`` wlh ``(N,3)``,
     ``rotation`` wxyz ``(N,4)`` (yaw-only in global), ``velocity (N,2)``, all global frame.
 
@@ -91,22 +92,23 @@ def boxes_to_nuscenes(boxes: np.ndarray, global_from_src: np.ndarray) -> dict[st
     return {"translation": translation, "size": size, "rotation": rotation, "velocity": velocity}
 
 
-def boxes_from_mmdet3d_v1(bbox_3d: np.ndarray, velocity: np.ndarray | None = None) -> np.ndarray:
+def boxes_from_mmdet3d_v1(bbox_3d: Float64Array, velocity: Float64Array | None = None) -> Float64Array:
     """mmdet3d v1.1 ``[x, y, z, l, w, h, yaw]`` (gravity centre, LiDAR) + ``(N, 2)`` velocity."""
     b = np.asarray(bbox_3d, dtype=np.float64).reshape(-1, 7)
-    v = np.zeros((len(b), 2)) if velocity is None else np.nan_to_num(np.asarray(velocity, dtype=np.float64).reshape(-1, 2))
+    v = (np.zeros((len(b), 2)) if velocity is None
+         else np.nan_to_num(np.asarray(velocity, dtype=np.float64).reshape(-1, 2)))
     out = np.concatenate([b, v], axis=1)
     out[:, 6] = wrap_angle(out[:, 6])
     return out
 
 
-def boxes_to_mmdet3d_v1(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def boxes_to_mmdet3d_v1(boxes: Float64Array) -> tuple[Float64Array, Float64Array]:
     """``(N, 7)`` mmdet3d v1.1 boxes and ``(N, 2)`` velocities."""
     b = _check(boxes)
     return b[:, :7].copy(), b[:, 7:9].copy()
 
 
-def boxes_from_mmdet3d_v0(gt_boxes: np.ndarray, velocity: np.ndarray | None = None) -> np.ndarray:
+def boxes_from_mmdet3d_v0(gt_boxes: Float64Array, velocity: Float64Array | None = None) -> Float64Array:
     """mmdet3d v0.x info ``[x, y, z, w, l, h, yaw_v0]`` (gravity centre) to bevkd boxes.
 
     v0.x stored ``yaw_v0 = -yaw - pi/2`` and ``w`` before ``l`` (mmdet3d v1.0 coordinate
@@ -118,7 +120,7 @@ def boxes_from_mmdet3d_v0(gt_boxes: np.ndarray, velocity: np.ndarray | None = No
     return boxes_from_mmdet3d_v1(v1, velocity)
 
 
-def transform_boxes(boxes: np.ndarray, dst_from_src: np.ndarray) -> np.ndarray:
+def transform_boxes(boxes: Float64Array, dst_from_src: Float64Array) -> Float64Array:
     """Boxes in ``src`` to ``dst`` by a transform whose rotation is about z (plus translation).
 
     Centres are transformed, yaw is offset by the transform's yaw, velocities rotated.
@@ -138,7 +140,7 @@ def transform_boxes(boxes: np.ndarray, dst_from_src: np.ndarray) -> np.ndarray:
     return b
 
 
-def box_corners(boxes: np.ndarray) -> np.ndarray:
+def box_corners(boxes: Float64Array) -> Float64Array:
     """``(N, 8, 3)`` corners. Order: bottom face (z - h/2) CCW from (+l/2, +w/2), then top face."""
     b = _check(boxes)
     sx = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
@@ -148,10 +150,11 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     c, s = np.cos(b[:, 6])[:, None], np.sin(b[:, 6])[:, None]
     x = local[..., 0] * c - local[..., 1] * s
     y = local[..., 0] * s + local[..., 1] * c
-    return np.stack([x, y, local[..., 2]], axis=-1) + b[:, None, :3]
+    corners: Float64Array = np.stack([x, y, local[..., 2]], axis=-1) + b[:, None, :3]
+    return corners
 
 
-def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def points_in_boxes(points: Float64Array, boxes: Float64Array) -> BoolArray:
     """``(P, N)`` bool: point ``p`` lies inside box ``n`` (closed faces).
 
     Args:
@@ -166,10 +169,12 @@ def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     c, s = np.cos(b[:, 6]), np.sin(b[:, 6])
     lx = d[..., 0] * c + d[..., 1] * s
     ly = -d[..., 0] * s + d[..., 1] * c
-    return ((np.abs(lx) <= b[:, 3] / 2) & (np.abs(ly) <= b[:, 4] / 2) & (np.abs(d[..., 2]) <= b[:, 5] / 2))
+    inside: BoolArray = (np.abs(lx) <= b[:, 3] / 2) & (np.abs(ly) <= b[:, 4] / 2) & (np.abs(d[..., 2]) <= b[:, 5] / 2)
+    return inside
 
 
-def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def count_points_in_boxes(points: Float64Array, boxes: Float64Array,
+                          chunk: int = 65536) -> Int64Array:
     """``(N,)`` int64 number of points inside each box (chunked to bound memory)."""
     b = _check(boxes)
     counts = np.zeros(len(b), dtype=np.int64)

@@ -18,12 +18,20 @@ class SampleError(Exception):
         where = f" at {path}" if path else ""
         super().__init__(f"sample {sample_token}: {field} {problem}{where}")
 
-    def __reduce__(self):  # keep attributes across pickling (Ray, multiprocessing)
+    def __reduce__(self) -> tuple[type[SampleError], tuple[str, str, str, str | None]]:
+        # keep attributes across pickling (Ray, multiprocessing)
         return (SampleError, (self.sample_token, self.field, self.problem, self.path))
 
 
 class UnsafePickleError(Exception):
-    """An info pickle asked to load something other than builtins or numpy arrays."""
+    """An info pickle asked to load something other than builtins or numpy arrays.
+
+    :func:`storage.safe_pickle.safe_load` sets ``path`` (the file) and ``global_name`` (the
+    refused ``module.name``) on the errors it raises.
+    """
+
+    path: str
+    global_name: str
 
 
 class CacheMismatchError(Exception):
@@ -48,5 +56,6 @@ class CacheCorruptError(Exception):
         self.problem = problem
         super().__init__(f"sample {sample_token}: target {target} corrupt at {path}: {problem}")
 
-    def __reduce__(self):  # keep attributes across pickling (DataLoader workers)
+    def __reduce__(self) -> tuple[type[CacheCorruptError], tuple[str, str, str, str]]:
+        # keep attributes across pickling (DataLoader workers)
         return (CacheCorruptError, (self.sample_token, self.target, self.path, self.problem))

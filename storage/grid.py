@@ -14,12 +14,34 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 _TOL = 1e-6
+
+
+def _is_tensor(a: Any) -> bool:
+    """True for a torch tensor; torch is never imported here (``import storage`` stays light)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(a, torch.Tensor)
+
+
+def _as_float(a: Any) -> Any:
+    """torch: floating tensors unchanged, others as float32; anything else: numpy float64."""
+    if _is_tensor(a):
+        return a if a.is_floating_point() else a.float()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _stack(parts: list[Any]) -> Any:
+    if _is_tensor(parts[0]):
+        import torch
+
+        return torch.stack(parts, dim=-1)
+    return np.stack(parts, axis=-1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,42 +116,108 @@ class BEVGrid:
         return BEVGrid(point_cloud_range=self.point_cloud_range, voxel_size=(vx * stride, vy * stride, vz),
                        frame=self.frame)
 
-    # ---- metric <-> cell ------------------------------------------------------------------
-    def cell_centers(self) -> np.ndarray:
-        """Cell centres, ``(H, W, 2)`` float64 ``[x, y]`` metres in ``frame``."""
+    # ---- metric <-> cell <-> grid_sample (numpy or torch, dispatched on the input's type) ---
+    def cell_centers(self, like: Any = None) -> Any:
+        """Cell centres, ``(H, W, 2)`` float64 ``[x, y]`` metres in ``frame``.
+
+        Args:
+            like: None for a numpy array, or a torch tensor whose device the result (a float64
+                tensor) is put on.
+        """
         h, w = self.bev_shape
-        x = self.point_cloud_range[0] + (np.arange(w) + 0.5) * self.voxel_size[0]
-        y = self.point_cloud_range[1] + (np.arange(h) + 0.5) * self.voxel_size[1]
+        (x0, y0), (vx, vy) = self.point_cloud_range[:2], self.voxel_size[:2]
+        if _is_tensor(like):
+            import torch
+
+            kw = {"dtype": torch.float64, "device": like.device}
+            x = x0 + (torch.arange(w, **kw) + 0.5) * vx
+            y = y0 + (torch.arange(h, **kw) + 0.5) * vy
+            yy, xx = torch.meshgrid(y, x, indexing="ij")  # (H, W)
+            return torch.stack([xx, yy], dim=-1)
+        x = x0 + (np.arange(w) + 0.5) * vx
+        y = y0 + (np.arange(h) + 0.5) * vy
         xx, yy = np.meshgrid(x, y)  # (H, W)
         return np.stack([xx, yy], axis=-1)
 
-    def metric_to_cell(self, xy: np.ndarray) -> np.ndarray:
+    def metric_to_cell_float(self, xy: Any) -> Any:
+        """Continuous cell coordinates of points: cell ``(r, c)`` spans ``[r, r + 1) x [c, c + 1)``,
+        its centre is at ``(r + 0.5, c + 0.5)``.
+
+        Args:
+            xy: ``(..., >=2)`` metres ``[x, y, ...]`` in ``frame``; numpy (computed in float64)
+                or torch (computed in the tensor's dtype).
+
+        Returns:
+            ``(..., 2)`` float ``[row, col]`` (row along +y), same array type as ``xy``.
+        """
+        (x0, y0), (vx, vy) = self.point_cloud_range[:2], self.voxel_size[:2]
+        xy = _as_float(xy)
+        return _stack([(xy[..., 1] - y0) / vy, (xy[..., 0] - x0) / vx])
+
+    def metric_to_cell(self, xy: Any) -> Any:
         """Cell of each point.
 
         Args:
-            xy: ``(N, >=2)`` metres ``[x, y, ...]`` in ``frame``.
+            xy: ``(..., >=2)`` metres ``[x, y, ...]`` in ``frame`` (numpy or torch).
 
         Returns:
-            ``(N, 2)`` int64 ``[row, col]`` (row along +y). Points outside the range get cells
-            outside ``[0, H) x [0, W)``; use :meth:`in_range`.
+            ``(..., 2)`` int64 ``[row, col]`` (row along +y). Points outside the range get cells
+            outside ``[0, H) x [0, W)``; use :meth:`in_range` or :meth:`cell_in_grid`.
         """
-        xy = np.asarray(xy, dtype=np.float64)
-        col = np.floor((xy[:, 0] - self.point_cloud_range[0]) / self.voxel_size[0])
-        row = np.floor((xy[:, 1] - self.point_cloud_range[1]) / self.voxel_size[1])
-        return np.stack([row, col], axis=1).astype(np.int64)
+        rc = self.metric_to_cell_float(xy)
+        return rc.floor().long() if _is_tensor(rc) else np.floor(rc).astype(np.int64)
 
-    def cell_to_metric(self, cells: np.ndarray) -> np.ndarray:
-        """Centre of each ``[row, col]`` cell, ``(N, 2)`` float64 ``[x, y]`` metres."""
-        cells = np.asarray(cells, dtype=np.float64)
-        x = self.point_cloud_range[0] + (cells[:, 1] + 0.5) * self.voxel_size[0]
-        y = self.point_cloud_range[1] + (cells[:, 0] + 0.5) * self.voxel_size[1]
-        return np.stack([x, y], axis=1)
+    def cell_float_to_metric(self, cells: Any) -> Any:
+        """Inverse of :meth:`metric_to_cell_float`: ``(..., 2)`` ``[row, col]`` -> ``(..., 2)``
+        ``[x, y]`` metres (numpy float64, or torch in the input's floating dtype)."""
+        (x0, y0), (vx, vy) = self.point_cloud_range[:2], self.voxel_size[:2]
+        cells = _as_float(cells)
+        return _stack([cells[..., 1] * vx + x0, cells[..., 0] * vy + y0])
 
-    def in_range(self, points: np.ndarray) -> np.ndarray:
-        """``(N,)`` bool: points ``(N, >=3)`` inside ``point_cloud_range`` (max exclusive)."""
-        p = np.asarray(points)
-        lo, hi = np.asarray(self.point_cloud_range[:3]), np.asarray(self.point_cloud_range[3:])
-        return np.all((p[:, :3] >= lo) & (p[:, :3] < hi), axis=1)
+    def cell_to_metric(self, cells: Any) -> Any:
+        """Centre of each ``[row, col]`` cell, ``(..., 2)`` ``[x, y]`` metres (numpy float64 or
+        torch, as :meth:`cell_float_to_metric`)."""
+        return self.cell_float_to_metric(_as_float(cells) + 0.5)
+
+    def metric_to_voxel(self, points: Any) -> Any:
+        """Voxel of each point, ``(..., 3)`` int64 ``[ix, iy, iz]`` (x fastest, as ``grid_size``;
+        spconv indices are the reverse, ``[z, y, x]``). ``points``: ``(..., >=3)`` metres, numpy
+        (float64) or torch (its dtype); outside voxels fall outside ``[0, grid_size)``."""
+        p = _as_float(points)
+        ijk = [(p[..., a] - self.point_cloud_range[a]) / self.voxel_size[a] for a in range(3)]
+        out = _stack(ijk)
+        return out.floor().long() if _is_tensor(out) else np.floor(out).astype(np.int64)
+
+    def cell_in_grid(self, cells: Any) -> Any:
+        """``(...)`` bool: ``[row, col]`` cells ``(..., 2)`` inside ``[0, H) x [0, W)``."""
+        h, w = self.bev_shape
+        return (cells[..., 0] >= 0) & (cells[..., 0] < h) & (cells[..., 1] >= 0) & (cells[..., 1] < w)
+
+    def grid_sample_coords(self, xy: Any) -> Any:
+        """Normalised ``torch.nn.functional.grid_sample`` coordinates of metric points, for
+        ``align_corners=False``: -1 and +1 are the outer edges of the map (``x_min``/``x_max``
+        along W, ``y_min``/``y_max`` along H), so cell ``(r, c)``'s centre is at
+        ``((2c + 1) / W - 1, (2r + 1) / H - 1)``.
+
+        Args:
+            xy: ``(..., >=2)`` metres ``[x, y, ...]`` (numpy float64, or torch in its dtype).
+
+        Returns:
+            ``(..., 2)`` ``[gx, gy]`` (grid_sample's x then y order).
+        """
+        x0, y0, _, x1, y1, _ = self.point_cloud_range
+        xy = _as_float(xy)
+        return _stack([(xy[..., 0] - x0) / (x1 - x0) * 2 - 1, (xy[..., 1] - y0) / (y1 - y0) * 2 - 1])
+
+    def in_range(self, points: Any) -> Any:
+        """``(...)`` bool: points ``(..., >=3)`` inside ``point_cloud_range`` (max exclusive);
+        numpy or torch."""
+        pcr = self.point_cloud_range
+        p = points if _is_tensor(points) else np.asarray(points)
+        inside = (p[..., 0] >= pcr[0]) & (p[..., 0] < pcr[3])
+        for a in (1, 2):
+            inside = inside & (p[..., a] >= pcr[a]) & (p[..., a] < pcr[a + 3])
+        return inside
 
     # ---- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -147,8 +235,8 @@ class BEVGrid:
     def same_as(self, other: "BEVGrid") -> bool:
         """Equal up to float round-off (1e-9 m)."""
         return (self.frame == other.frame
-                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.point_cloud_range, other.point_cloud_range))
-                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.voxel_size, other.voxel_size)))
+                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.point_cloud_range, other.point_cloud_range, strict=True))
+                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.voxel_size, other.voxel_size, strict=True)))
 
 
 #: nuScenes CenterPoint grid (mmdetection3d centerpoint_voxel0075): 1440x1440x40 voxels, BEV 180x180 at stride 8.

@@ -37,10 +37,12 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
+from storage.arrays import Float32Array, Float64Array, Int64Array
 from storage.boxes import boxes_from_mmdet3d_v0, boxes_from_mmdet3d_v1, boxes_to_mmdet3d_v1
 from storage.errors import SampleError
 from storage.safe_pickle import safe_load
@@ -55,7 +57,7 @@ MMDET3D_NUSCENES_CLASSES: tuple[str, ...] = (
 _CLASS_INDEX = {name: i for i, name in enumerate(NUSCENES_CLASSES)}
 
 
-def _m(x: Any, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
+def _m(x: Any, shape: tuple[int, int] = (4, 4)) -> Float64Array:
     a = np.asarray(x, dtype=np.float64)
     return a[: shape[0], : shape[1]].copy()
 
@@ -150,7 +152,7 @@ class Mmdet3dInfoReader:
         tried = f"missing (also tried {candidates[1]})"
         raise SampleError(token, field, tried, os.path.abspath(candidates[0]))
 
-    def _points(self, path: str, token: str, sweeps: list[tuple[str, np.ndarray, float]]) -> np.ndarray:
+    def _points(self, path: str, token: str, sweeps: list[tuple[str, Float64Array, float]]) -> Float32Array:
         pts = load_points(path, token)
         if not sweeps:
             return pts
@@ -158,7 +160,7 @@ class Mmdet3dInfoReader:
         parts[0][:, 4] = 0.0
         for sweep_path, lidar_from_sweep, dt in sweeps:
             sp = load_points(sweep_path, token).copy()
-            sp[:, :3] = apply_transform(lidar_from_sweep, sp).astype(np.float32)
+            sp[:, :3] = apply_transform(lidar_from_sweep, sp[:, :3].astype(np.float64)).astype(np.float32)
             sp[:, 4] = dt
             parts.append(sp)
         return np.concatenate(parts, axis=0)
@@ -174,7 +176,7 @@ class Mmdet3dInfoReader:
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise SampleError(token, f"{cam} image", f"unreadable header ({exc})", path) from None
 
-    def _labels(self, raw: Sequence[Any]) -> np.ndarray:
+    def _labels(self, raw: Sequence[Any]) -> Int64Array:
         return np.array([self._label_map.get(int(r), -1) for r in raw], dtype=np.int64)
 
     # ---- v1.1 --------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ class Mmdet3dInfoReader:
         inst = info.get("instances") or []
         labels = self._labels([i["bbox_label_3d"] for i in inst])
         keep = labels >= 0
-        kept = [i for i, k in zip(inst, keep) if k]
+        kept = [i for i, k in zip(inst, keep, strict=True) if k]
         boxes = boxes_from_mmdet3d_v1(np.array([i["bbox_3d"] for i in kept], dtype=np.float64).reshape(-1, 7),
                                       np.array([i.get("velocity", (0.0, 0.0)) for i in kept],
                                                dtype=np.float64).reshape(-1, 2))
@@ -253,8 +255,8 @@ class Mmdet3dInfoReader:
             ego_from_lidar=transform_from_quaternion(info["lidar2ego_rotation"], info["lidar2ego_translation"]),
             global_from_ego=transform_from_quaternion(info["ego2global_rotation"], info["ego2global_translation"]),
             gt_boxes=boxes_from_mmdet3d_v0(gt, vel[keep]),
-            gt_labels=np.array([_CLASS_INDEX[nm] for nm, k in zip(names, keep) if k], dtype=np.int64),
-            num_lidar_pts=npts[keep], instance_tokens=tuple(str(t) for t, k in zip(tokens, keep) if k))
+            gt_labels=np.array([_CLASS_INDEX[nm] for nm, k in zip(names, keep, strict=True) if k], dtype=np.int64),
+            num_lidar_pts=npts[keep], instance_tokens=tuple(str(t) for t, k in zip(tokens, keep, strict=True) if k))
 
 
 # ---- writer --------------------------------------------------------------------------------
@@ -268,7 +270,7 @@ def _sample_to_v1(s: Sample, index: int, data_root: str) -> dict[str, Any]:
     bbox, vel = boxes_to_mmdet3d_v1(s.gt_boxes)
     tokens = s.instance_tokens or ("",) * len(bbox)
     instances = []
-    for b, v, lab, npts, tok in zip(bbox, vel, s.gt_labels, s.num_lidar_pts, tokens):
+    for b, v, lab, npts, tok in zip(bbox, vel, s.gt_labels, s.num_lidar_pts, tokens, strict=True):
         label = mm_id[NUSCENES_CLASSES[int(lab)]]
         instances.append({"bbox_3d": b.tolist(), "bbox_label_3d": label, "bbox_label": label,
                           "bbox_3d_isvalid": bool(npts > 0), "num_lidar_pts": int(npts),

@@ -8,13 +8,16 @@ submission format only through :func:`storage.boxes.boxes_to_nuscenes` with the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from storage.boxes import boxes_to_nuscenes
 from storage.nuscenes_reader import NuScenesReader
@@ -41,9 +44,9 @@ class Detections:
         attribute_names: ``M`` nuScenes attribute names, or None for :data:`DEFAULT_ATTRIBUTE`.
     """
 
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
+    boxes: npt.NDArray[np.floating[Any]]
+    scores: npt.NDArray[np.floating[Any]]
+    labels: npt.NDArray[np.integer[Any]]
     attribute_names: tuple[str, ...] | None = None
 
 
@@ -57,15 +60,18 @@ class DetectionMetrics:
         per_class_ap: class name -> AP averaged over the distance thresholds.
         tp_errors: ``trans_err`` (m), ``scale_err`` (1 - IoU), ``orient_err`` (rad),
             ``vel_err`` (m/s), ``attr_err`` (1 - acc): means over classes.
+        band_ap: distance band name (``"0-15m"``) -> mAP of the devkit on the boxes of that band
+            (see :func:`evaluate_detections`); empty when no bands were asked for.
     """
 
     mAP: float
     NDS: float
     per_class_ap: dict[str, float]
     tp_errors: dict[str, float]
+    band_ap: dict[str, float] = field(default_factory=dict)
 
 
-def _as_detections(value: Detections | tuple) -> Detections:
+def _as_detections(value: Detections | tuple[Any, ...]) -> Detections:
     if isinstance(value, Detections):
         return value
     boxes, scores, labels, *rest = value
@@ -73,7 +79,8 @@ def _as_detections(value: Detections | tuple) -> Detections:
                       attribute_names=tuple(rest[0]) if rest and rest[0] is not None else None)
 
 
-def results_json(reader: NuScenesReader, predictions: Mapping[str, Detections | tuple]) -> dict:
+def results_json(reader: NuScenesReader, predictions: Mapping[str, Detections | tuple[Any, ...]], *,
+                 modality: str = "lidar") -> dict[str, Any]:
     """The official submission dict ``{meta, results}`` for every sample of ``reader``.
 
     Raises:
@@ -100,13 +107,17 @@ def results_json(reader: NuScenesReader, predictions: Mapping[str, Detections | 
                             "velocity": np.nan_to_num(nus["velocity"][i]).tolist(), "detection_name": name,
                             "detection_score": float(det.scores[i]), "attribute_name": attr})
         results[token] = entries
-    meta = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}
+    if modality not in ("lidar", "camera", "fusion"):
+        raise ValueError(f"results_json: modality must be 'lidar', 'camera' or 'fusion', got {modality!r}")
+    meta = {"use_camera": modality in ("camera", "fusion"), "use_lidar": modality in ("lidar", "fusion"),
+            "use_radar": False, "use_map": False, "use_external": False}
     return {"meta": meta, "results": results}
 
 
 def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split: str,
-                        predictions: Mapping[str, Detections | tuple], output_dir: str | os.PathLike[str],
-                        reader: NuScenesReader | None = None) -> DetectionMetrics:
+                        predictions: Mapping[str, Detections | tuple[Any, ...]], output_dir: str | os.PathLike[str],
+                        reader: NuScenesReader | None = None, modality: str = "lidar",
+                        distance_bands: Sequence[float] = ()) -> DetectionMetrics:
     """Run the devkit's ``DetectionEval`` on ``predictions``.
 
     Args:
@@ -115,6 +126,14 @@ def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split
             frame, scores (M,), labels (M,) [, attribute_names])``; every sample of the split.
         output_dir: receives ``results_nusc.json`` and the devkit's ``metrics_summary.json``.
         reader: an already opened reader of the same data (saves reloading the tables).
+        modality: sensors the detector used (``lidar``, ``camera`` or ``fusion``), written to the
+            submission's ``meta``.
+        distance_bands: band edges in metres, e.g. ``(15, 30)`` -> bands ``0-15m``, ``15-30m``,
+            ``30m+``. Each band is the devkit's own evaluation (same matching, thresholds and
+            class ranges) run on the ground-truth *and* predicted boxes whose 2D distance to the
+            ego vehicle (the devkit's ``ego_dist``) lies in the band, so a prediction and its
+            ground truth on opposite sides of an edge count as a miss and a false positive.
+            Classes with no ground truth in a band are left out of that band's mean.
 
     Raises:
         ValueError: missing samples or inconsistent arrays (see :func:`results_json`).
@@ -126,30 +145,53 @@ def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "results_nusc.json"
-    result_path.write_text(json.dumps(results_json(reader, predictions)))
+    result_path.write_text(json.dumps(results_json(reader, predictions, modality=modality)))
     evaluator = DetectionEval(reader.nusc, config=config_factory("detection_cvpr_2019"), result_path=str(result_path),
                               eval_set=split, output_dir=str(out), verbose=False)
     metrics, _ = evaluator.evaluate()
     summary = metrics.serialize()
     summary["meta"] = evaluator.meta.copy()
     (out / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
+    band_ap = _band_aps(evaluator, distance_bands)
+    if band_ap:
+        (out / "band_ap.json").write_text(json.dumps(band_ap, indent=2))
     return DetectionMetrics(mAP=float(summary["mean_ap"]), NDS=float(summary["nd_score"]),
                             per_class_ap={k: float(v) for k, v in summary["mean_dist_aps"].items()},
-                            tp_errors={k: float(summary["tp_errors"][k]) for k in TP_ERRORS})
+                            tp_errors={k: float(summary["tp_errors"][k]) for k in TP_ERRORS}, band_ap=band_ap)
 
 
-def ground_truth_detections(reader: NuScenesReader) -> dict[str, Detections]:
-    """The ground truth as predictions (score 1, GT attributes), dropping boxes with no LiDAR
-    point (the devkit filters those from the GT, so submitting them would count as false
-    positives). Evaluating it gives mAP = NDS = 1 when the box conversions are exact."""
-    out = {}
-    for token in reader.sample_tokens:
-        ann = reader.annotations(token)
-        keep = ann.num_lidar_pts > 0
-        out[token] = Detections(boxes=ann.gt_boxes[keep], scores=np.ones(int(keep.sum())), labels=ann.gt_labels[keep],
-                                attribute_names=tuple(a for a, k in zip(ann.attribute_names, keep) if k))
+def band_names(edges: Sequence[float]) -> list[str]:
+    """``(15, 30)`` -> ``["0-15m", "15-30m", "30m+"]``."""
+    lo = [0.0, *edges]
+    return [f"{a:g}-{b:g}m" for a, b in itertools.pairwise(lo)] + [f"{lo[-1]:g}m+"]
+
+
+def _band_aps(evaluator: Any, edges: Sequence[float]) -> dict[str, float]:
+    """mAP per distance band: the devkit's ``accumulate`` / ``calc_ap`` on band-filtered boxes."""
+    if not edges:
+        return {}
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.detection.algo import accumulate, calc_ap
+
+    cfg = evaluator.cfg
+    bounds = [0.0, *[float(e) for e in edges], float("inf")]
+    out: dict[str, float] = {}
+    for name, lo, hi in zip(band_names(edges), bounds[:-1], bounds[1:], strict=True):
+        def band(boxes: Any, lo: float = lo, hi: float = hi) -> Any:
+            kept = EvalBoxes()
+            for token in boxes.sample_tokens:
+                kept.add_boxes(token, [b for b in boxes[token] if lo <= b.ego_dist < hi])
+            return kept
+        gt, pred = band(evaluator.gt_boxes), band(evaluator.pred_boxes)
+        aps = []
+        for cls in cfg.class_names:
+            if not any(b.detection_name == cls for b in gt.all):
+                continue
+            per_th = [calc_ap(accumulate(gt, pred, cls, cfg.dist_fcn_callable, th), cfg.min_recall, cfg.min_precision)
+                      for th in cfg.dist_ths]
+            aps.append(float(np.mean(per_th)))
+        out[name] = float(np.mean(aps)) if aps else float("nan")
     return out
 
 
-__all__ = ["DEFAULT_ATTRIBUTE", "DetectionMetrics", "Detections", "evaluate_detections", "ground_truth_detections",
-           "results_json"]
+__all__ = ["DEFAULT_ATTRIBUTE", "DetectionMetrics", "Detections", "evaluate_detections", "results_json"]

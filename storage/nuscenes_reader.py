@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from storage.arrays import Float32Array, Float64Array, Int64Array
 from storage.boxes import boxes_from_nuscenes
 from storage.errors import SampleError
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample, load_points
 from storage.transforms import invert_transform, transform_from_quaternion
+
+if TYPE_CHECKING:
+    from nuscenes import NuScenes  # untyped devkit: Any to mypy
 
 LIDAR_CHANNEL = "LIDAR_TOP"
 #: Foreign keys of the v1.0 schema: (table, field) -> referenced table.
@@ -47,9 +52,9 @@ class Annotations:
         attribute_names: ``M`` attribute names ('' when the annotation has none).
     """
 
-    gt_boxes: np.ndarray
-    gt_labels: np.ndarray
-    num_lidar_pts: np.ndarray
+    gt_boxes: Float64Array
+    gt_labels: Int64Array
+    num_lidar_pts: Int64Array
     instance_tokens: tuple[str, ...]
     attribute_names: tuple[str, ...]
 
@@ -71,7 +76,7 @@ def split_scene_names(split: str, version: str) -> list[str]:
     return list(splits[split])
 
 
-def load_nuscenes(dataroot: str, version: str):
+def load_nuscenes(dataroot: str, version: str) -> NuScenes:
     """The devkit's ``NuScenes`` (quiet), with load failures turned into errors that name the
     table file, field and token.
 
@@ -94,7 +99,7 @@ def load_nuscenes(dataroot: str, version: str):
 
 def explain_broken_tables(table_root: str) -> None:
     """Raise the first unreadable table or dangling foreign key found under ``table_root``."""
-    tables: dict[str, list[dict]] = {}
+    tables: dict[str, list[dict[str, Any]]] = {}
     for name in {t for pair in FOREIGN_KEYS.items() for t in (pair[0][0], pair[1])}:
         path = os.path.join(table_root, f"{name}.json")
         try:
@@ -143,7 +148,7 @@ class NuScenesReader:
         self.version, self.split, self.sweeps = version, split, int(sweeps)
         wanted = set(split_scene_names(split, version))
         self.dataset_id = f"nuscenes:{version}:{split}"
-        self._nusc = None
+        self._nusc: NuScenes | None = None
         scenes = [s for s in self.nusc.scene if s["name"] in wanted]
         if not scenes:
             have = sorted(s["name"] for s in self.nusc.scene)
@@ -158,18 +163,18 @@ class NuScenesReader:
         self._index = {t: i for i, t in enumerate(tokens)}
 
     @property
-    def nusc(self):
+    def nusc(self) -> NuScenes:
         """The devkit ``NuScenes`` database (loaded on first use)."""
         if self._nusc is None:
             self._nusc = load_nuscenes(self.dataroot, self.version)
         return self._nusc
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_nusc"] = None
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
     def __len__(self) -> int:
@@ -185,16 +190,16 @@ class NuScenesReader:
             raise KeyError(f"{self.dataset_id}: no sample {index_or_token}")
         return str(index_or_token)
 
-    def _get(self, table: str, token: str, sample_token: str, referrer: str, fld: str) -> dict:
+    def _get(self, table: str, token: str, sample_token: str, referrer: str, fld: str) -> dict[str, Any]:
         """``nusc.get`` with a missing token turned into a SampleError naming the referring table."""
         try:
-            return self.nusc.get(table, token)
+            return cast("dict[str, Any]", self.nusc.get(table, token))
         except KeyError:
             path = os.path.join(self.dataroot, self.version, f"{referrer}.json")
             raise SampleError(sample_token, f"{referrer}.{fld}", f"references missing {table} token {token}",
                               path) from None
 
-    def _pose(self, sd: dict, sample_token: str) -> tuple[np.ndarray, np.ndarray]:
+    def _pose(self, sd: dict[str, Any], sample_token: str) -> tuple[Float64Array, Float64Array]:
         """``(ego_from_sensor, global_from_ego)`` of a sample_data record."""
         cs = self._get("calibrated_sensor", sd["calibrated_sensor_token"], sample_token, "sample_data",
                        "calibrated_sensor_token")
@@ -202,7 +207,7 @@ class NuScenesReader:
         return (transform_from_quaternion(cs["rotation"], cs["translation"]),
                 transform_from_quaternion(pose["rotation"], pose["translation"]))
 
-    def _sample_data(self, sample: dict, channel: str) -> dict:
+    def _sample_data(self, sample: dict[str, Any], channel: str) -> dict[str, Any]:
         token = sample["data"].get(channel)
         if token is None:
             path = os.path.join(self.dataroot, self.version, "sample_data.json")
@@ -248,12 +253,13 @@ class NuScenesReader:
                            num_lidar_pts=np.array(pts, dtype=np.int64), instance_tokens=tuple(inst),
                            attribute_names=tuple(attrs))
 
-    def global_from_lidar(self, index_or_token: int | str) -> np.ndarray:
+    def global_from_lidar(self, index_or_token: int | str) -> Float64Array:
         """``(4, 4)`` float64 pose of the sample's keyframe LiDAR."""
         token = self.token_of(index_or_token)
         sample = self._get("sample", token, token, "sample", "token")
         ego_from_lidar, global_from_ego = self._pose(self._sample_data(sample, LIDAR_CHANNEL), token)
-        return global_from_ego @ ego_from_lidar
+        out: Float64Array = global_from_ego @ ego_from_lidar
+        return out
 
     def read(self, index_or_token: int | str) -> Sample:
         """Load one sample (keyframe points, six cameras, boxes).
@@ -288,8 +294,8 @@ class NuScenesReader:
                       global_from_ego=global_from_ego, gt_boxes=ann.gt_boxes, gt_labels=ann.gt_labels,
                       num_lidar_pts=ann.num_lidar_pts, instance_tokens=ann.instance_tokens)
 
-    def _with_sweeps(self, points: np.ndarray, lidar_sd: dict, lidar_from_global: np.ndarray,
-                     token: str) -> np.ndarray:
+    def _with_sweeps(self, points: Float32Array, lidar_sd: dict[str, Any], lidar_from_global: Float64Array,
+                     token: str) -> Float32Array:
         """Keyframe points plus up to ``sweeps`` past sweeps in the keyframe LiDAR frame;
         column 4 = time lag (s)."""
         key = points.copy()

@@ -1,46 +1,41 @@
-"""Command-line selection of a dataset reader: a nuScenes dataroot (devkit) or an mmdet3d
-info file. Readers are imported only when chosen (the devkit is heavy)."""
+"""Opening a dataset reader: a nuScenes dataroot (devkit) or an mmdet3d info file.
+
+Readers are imported only when chosen (the devkit is heavy). The command-line flags that select
+one live in :mod:`pipeline.dataset_args`.
+"""
 
 from __future__ import annotations
 
-import argparse
+import os
 
 from storage.sample import SampleReader
 
 
-def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--dataroot/--version/--split`` (nuScenes) or ``--info [--data-root]`` (mmdet3d)
-    and ``--sweeps`` to ``parser``."""
-    g = parser.add_argument_group("dataset (give --dataroot for nuScenes or --info for mmdet3d)")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--dataroot", metavar="DIR",
-                     help="nuScenes dataroot holding <version>/*.json, samples/ and sweeps/ (real or `bevkd synth`)")
-    src.add_argument("--info", metavar="FILE",
-                     help="mmdetection3d info pickle (info_version 1.1 or v0.x) instead of a nuScenes dataroot")
-    g.add_argument("--version", default="v1.0-mini", help="nuScenes table version folder (default: %(default)s)")
-    g.add_argument("--split", default="mini_val",
-                   help="nuScenes devkit split: mini_val, mini_train, train, val, ... (default: %(default)s)")
-    g.add_argument("--data-root", metavar="DIR", default=None,
-                   help="with --info: folder the info's relative file paths start from (default: the info's folder)")
-    g.add_argument("--sweeps", type=int, default=0,
-                   help="past LiDAR sweeps merged into each sample's points (default: %(default)s)")
+def open_reader(*, dataroot: str | os.PathLike[str] | None = None, info: str | os.PathLike[str] | None = None,
+                version: str = "v1.0-mini", split: str = "mini_val", data_root: str | os.PathLike[str] | None = None,
+                sweeps: int = 0) -> SampleReader:
+    """The reader of a nuScenes ``dataroot`` or of an mmdet3d ``info`` pickle (exactly one given).
 
-
-def reader_from_args(args: argparse.Namespace) -> SampleReader:
-    """The reader the parsed arguments select.
+    Args:
+        dataroot: nuScenes dataroot holding ``<version>/*.json``, ``samples/`` and ``sweeps/``.
+        info: mmdetection3d info pickle (info_version 1.1 or v0.x).
+        version: nuScenes table version folder (with ``dataroot``).
+        split: nuScenes devkit split (with ``dataroot``).
+        data_root: with ``info``, the folder its relative file paths start from (default: its folder).
+        sweeps: past LiDAR sweeps merged into each sample's points.
 
     Raises:
-        ValueError: neither ``--dataroot`` nor ``--info`` was given, or the reader refused them.
+        ValueError: neither ``dataroot`` nor ``info`` was given, or the reader refused them.
     """
-    if getattr(args, "dataroot", None):
+    if dataroot:
         from storage.nuscenes_reader import NuScenesReader
 
-        return NuScenesReader(args.dataroot, version=args.version, split=args.split, sweeps=args.sweeps)
-    if getattr(args, "info", None):
+        return NuScenesReader(dataroot, version=version, split=split, sweeps=sweeps)
+    if info:
         from storage.mmdet3d_reader import Mmdet3dInfoReader
 
-        return Mmdet3dInfoReader(args.info, data_root=args.data_root, sweeps=args.sweeps)
+        return Mmdet3dInfoReader(info, data_root=data_root, sweeps=sweeps)
     raise ValueError("no dataset given: pass --dataroot DIR (nuScenes) or --info FILE (mmdet3d info pickle)")
 
 
-__all__ = ["add_reader_arguments", "reader_from_args"]
+__all__ = ["open_reader"]

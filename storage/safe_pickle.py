@@ -15,7 +15,8 @@ import codecs
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,14 +47,14 @@ def _numpy_callables() -> dict[str, Any]:
     return out
 
 
-def _allowed() -> dict[str, Any]:
-    allowed: dict[str, Any] = {f"builtins.{t.__name__}": t for t in _BUILTIN_TYPES}
+def _allowed() -> dict[str, Callable[..., Any]]:
+    allowed: dict[str, Callable[..., Any]] = {f"builtins.{t.__name__}": t for t in _BUILTIN_TYPES}
     allowed["_codecs.encode"] = _latin1_encode
     allowed.update(_numpy_callables())
     return allowed
 
 
-_ALLOWED: dict[str, Any] = _allowed()
+_ALLOWED: dict[str, Callable[..., Any]] = _allowed()
 #: The ``module.name`` globals an info pickle may reference.
 ALLOWED_GLOBALS: tuple[str, ...] = tuple(sorted(_ALLOWED))
 
@@ -71,7 +72,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             err = UnsafePickleError(
                 f"{self._path}: refused to load global {key!r} (an info pickle may only hold builtins "
                 f"data and numpy arrays); nothing from the file was executed")
-            err.path, err.global_name = self._path, key  # type: ignore[attr-defined]
+            err.path, err.global_name = self._path, key
             raise err
         return _ALLOWED[key]
 

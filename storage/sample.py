@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Protocol, Sequence
+from typing import Protocol
+from collections.abc import Sequence
 
 import numpy as np
 
+from storage.arrays import Float32Array, Float64Array, Int64Array, UInt8Array
 from storage.errors import SampleError
 
 #: The 10 nuScenes detection classes, in mmdetection3d's order (label ids index this tuple).
@@ -45,13 +47,13 @@ class CameraInfo:
 
     name: str
     image_path: str
-    cam_intrinsic: np.ndarray
-    ego_from_cam: np.ndarray
-    lidar_from_cam: np.ndarray
+    cam_intrinsic: Float64Array
+    ego_from_cam: Float64Array
+    lidar_from_cam: Float64Array
     timestamp_us: int
     image_size: tuple[int, int]
 
-    def load_image(self, sample_token: str = "?") -> np.ndarray:
+    def load_image(self, sample_token: str = "?") -> UInt8Array:
         """``(H, W, 3)`` uint8 RGB.
 
         Raises:
@@ -91,18 +93,19 @@ class Sample:
     timestamp_us: int
     scene: str
     lidar_path: str
-    points: np.ndarray
+    points: Float32Array
     cameras: tuple[CameraInfo, ...]
-    ego_from_lidar: np.ndarray
-    global_from_ego: np.ndarray
-    gt_boxes: np.ndarray
-    gt_labels: np.ndarray
-    num_lidar_pts: np.ndarray
+    ego_from_lidar: Float64Array
+    global_from_ego: Float64Array
+    gt_boxes: Float64Array
+    gt_labels: Int64Array
+    num_lidar_pts: Int64Array
     instance_tokens: tuple[str, ...] = field(default=())
 
     @property
-    def global_from_lidar(self) -> np.ndarray:
-        return self.global_from_ego @ self.ego_from_lidar
+    def global_from_lidar(self) -> Float64Array:
+        out: Float64Array = self.global_from_ego @ self.ego_from_lidar
+        return out
 
     def camera(self, name: str) -> CameraInfo:
         for cam in self.cameras:
@@ -110,7 +113,7 @@ class Sample:
                 return cam
         raise KeyError(f"sample {self.sample_token}: no camera {name}")
 
-    def differences(self, other: "Sample", atol: float = 1e-6) -> list[str]:
+    def differences(self, other: Sample, atol: float = 1e-6) -> list[str]:
         """Names of fields that differ (arrays compared with ``atol``); empty when equal."""
         return _diff(self, other, atol, prefix="")
 
@@ -124,7 +127,7 @@ def _diff(a: object, b: object, atol: float, prefix: str) -> list[str]:
             if len(va) != len(vb):
                 out.append(name)
             else:
-                for ca, cb in zip(va, vb):
+                for ca, cb in zip(va, vb, strict=True):
                     out += _diff(ca, cb, atol, prefix=f"{name}[{ca.name}].")
         elif isinstance(va, np.ndarray) or isinstance(vb, np.ndarray):
             xa, xb = np.asarray(va), np.asarray(vb)
@@ -141,8 +144,15 @@ class SampleReader(Protocol):
     Readers are picklable so Ray can ship them to workers.
     """
 
-    dataset_id: str  # e.g. "nuscenes:v1.0-mini:mini_val" — recorded in caches
-    sample_tokens: Sequence[str]
+    @property
+    def dataset_id(self) -> str:
+        """e.g. ``"nuscenes:v1.0-mini:mini_val"``, recorded in caches."""
+        ...
+
+    @property
+    def sample_tokens(self) -> Sequence[str]:
+        """Tokens of the readable samples, in reading order."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -151,7 +161,7 @@ class SampleReader(Protocol):
         ...
 
 
-def load_points(path: str, sample_token: str, point_dim: int = POINT_DIM, keep_dim: int = POINT_DIM) -> np.ndarray:
+def load_points(path: str, sample_token: str, point_dim: int = POINT_DIM, keep_dim: int = POINT_DIM) -> Float32Array:
     """Read a nuScenes ``.pcd.bin`` (float32 x ``point_dim`` per point).
 
     Returns:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from storage.arrays import Float64Array
 
-def make_transform(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+
+def make_transform(rotation: Float64Array, translation: Float64Array) -> Float64Array:
     """``(4, 4)`` float64 from a ``(3, 3)`` rotation and a ``(3,)`` translation (metres)."""
     t = np.eye(4, dtype=np.float64)
     t[:3, :3] = np.asarray(rotation, dtype=np.float64)
@@ -17,7 +19,7 @@ def make_transform(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     return t
 
 
-def rotation_from_quaternion(q_wxyz: np.ndarray) -> np.ndarray:
+def rotation_from_quaternion(q_wxyz: Float64Array) -> Float64Array:
     """``(3, 3)`` float64 rotation matrix of a unit quaternion ``(w, x, y, z)``.
 
     Raises:
@@ -35,7 +37,7 @@ def rotation_from_quaternion(q_wxyz: np.ndarray) -> np.ndarray:
     ])
 
 
-def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
+def quaternion_from_rotation(rotation: Float64Array) -> Float64Array:
     """``(4,)`` float64 unit quaternion ``(w, x, y, z)`` with ``w >= 0`` of a ``(3, 3)`` rotation."""
     m = np.asarray(rotation, dtype=np.float64)
     tr = np.trace(m)
@@ -51,17 +53,17 @@ def quaternion_from_rotation(rotation: np.ndarray) -> np.ndarray:
     else:
         s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    quat = np.asarray(q, dtype=np.float64)
+    quat /= np.linalg.norm(quat)
+    return quat if quat[0] >= 0 else -quat
 
 
-def transform_from_quaternion(q_wxyz: np.ndarray, translation: np.ndarray) -> np.ndarray:
+def transform_from_quaternion(q_wxyz: Float64Array, translation: Float64Array) -> Float64Array:
     """``(4, 4)`` float64 from a nuScenes ``rotation`` (w, x, y, z) and ``translation`` (m)."""
     return make_transform(rotation_from_quaternion(q_wxyz), translation)
 
 
-def invert_transform(dst_from_src: np.ndarray) -> np.ndarray:
+def invert_transform(dst_from_src: Float64Array) -> Float64Array:
     """``src_from_dst`` of a ``(4, 4)`` transform.
 
     Rigid transforms (orthonormal rotation block, 1e-9) are inverted exactly by transposition;
@@ -76,12 +78,13 @@ def invert_transform(dst_from_src: np.ndarray) -> np.ndarray:
     return make_transform(r.T, -r.T @ t)
 
 
-def apply_transform(dst_from_src: np.ndarray, points: np.ndarray) -> np.ndarray:
+def apply_transform(dst_from_src: Float64Array, points: Float64Array) -> Float64Array:
     """Transform ``(N, 3+)`` points; returns ``(N, 3)`` float64 xyz in ``dst`` (extra columns dropped)."""
     p = np.asarray(points, dtype=np.float64)[:, :3]
-    return p @ dst_from_src[:3, :3].T + dst_from_src[:3, 3]
+    out: Float64Array = p @ dst_from_src[:3, :3].T + dst_from_src[:3, 3]
+    return out
 
 
-def yaw_of(dst_from_src: np.ndarray) -> float:
+def yaw_of(dst_from_src: Float64Array) -> float:
     """Rotation about +z (radians, CCW) of the transform's x axis, ``atan2(r10, r00)``."""
     return float(np.arctan2(dst_from_src[1, 0], dst_from_src[0, 0]))

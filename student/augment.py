@@ -2,7 +2,7 @@
 
 BEV augmentation (BEVDet §3.3 "BEV data augmentation": rotation, scaling, flipping in BEV) is a
 ``(4, 4)`` float64 matrix ``aug_from_lidar`` acting on lidar-frame points (rotation about +z,
-uniform scale, x/y flips). The same matrix
+uniform scale, x/y flips), built and drawn by :mod:`storage.bev_augment`. The same matrix
 
 * is passed to the student (``StudentBatch.bev_aug``) so lifted camera features land in the
   augmented frame;
@@ -33,49 +33,7 @@ from storage.boxes import transform_boxes
 from storage.grid import BEVGrid
 
 
-# ---- BEV (lidar-frame) augmentation --------------------------------------------------------
-def bev_augmentation_matrix(*, rotation: float = 0.0, scale: float = 1.0, flip_x: bool = False,
-                            flip_y: bool = False, translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
-                            ) -> np.ndarray:
-    """``(4, 4)`` float64 ``aug_from_lidar = T @ (scale * R_z(rotation)) @ F``.
-
-    Args:
-        rotation: radians, counter-clockwise about +z.
-        scale: uniform scale (> 0).
-        flip_x: mirror x (``x -> -x``) before rotating.
-        flip_y: mirror y (``y -> -y``) before rotating.
-        translation: metres, applied last.
-
-    Raises:
-        ValueError: non-positive scale.
-    """
-    if scale <= 0:
-        raise ValueError(f"bev_augmentation_matrix: scale must be > 0, got {scale}")
-    flip = np.diag([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0, 1.0])
-    c, s = math.cos(rotation), math.sin(rotation)
-    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    out = np.eye(4)
-    out[:3, :3] = scale * rot @ flip
-    out[:3, 3] = translation
-    return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class BEVAugConfig:
-    """Ranges of the random BEV augmentation (BEVDepth nuScenes defaults: +-22.5 deg, 0.95-1.05, flips 0.5)."""
-
-    rotation_range: tuple[float, float] = (-math.pi / 8, math.pi / 8)
-    scale_range: tuple[float, float] = (0.95, 1.05)
-    flip_prob: float = 0.5
-
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """A random ``(4, 4)`` ``aug_from_lidar``."""
-        return bev_augmentation_matrix(rotation=float(rng.uniform(*self.rotation_range)),
-                                       scale=float(rng.uniform(*self.scale_range)),
-                                       flip_x=bool(rng.random() < self.flip_prob),
-                                       flip_y=bool(rng.random() < self.flip_prob))
-
-
+# ---- BEV (lidar-frame) augmentation: matrices from storage.bev_augment ---------------------
 def residual_transform(student_aug: np.ndarray, view_matrix: np.ndarray) -> np.ndarray:
     """``(4, 4)`` warp taking a cached view (stored in ``view_matrix @ p_lidar``) to the
     student's augmented frame: ``student_aug @ inverse(view_matrix)`` (general inverse, the
@@ -88,20 +46,29 @@ def _as_batch_matrix(m: np.ndarray | torch.Tensor, b: int, device: torch.device)
     return t.expand(b, *t.shape[-2:]) if t.ndim == 2 else t
 
 
-def bev_sampling_grid(dst_from_src: np.ndarray | torch.Tensor, src_grid: BEVGrid, dst_grid: BEVGrid,
+def bev_sampling_grid(dst_from_src: np.ndarray | torch.Tensor, src_grid: BEVGrid, dst_grid: BEVGrid | None = None,
                       batch: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(B, H_dst, W_dst, 2)`` float32 ``grid_sample`` coordinates (``align_corners=False``):
-    for each destination cell centre ``p``, the normalised position of ``inverse(dst_from_src) @ p``
-    on ``src_grid``. Only the xy block of the transform is used (rotations about z, scales, flips).
+    """The one BEV sampling grid: ``(B, H_dst, W_dst, 2)`` float32 ``grid_sample`` coordinates
+    (``align_corners=False``, :meth:`BEVGrid.grid_sample_coords`) of the source position
+    ``inverse(dst_from_src) @ p`` of each destination cell centre ``p``, on ``src_grid``.
+
+    Only the xy block of the transform is used (rotations about z, scales, flips). Computed
+    elementwise in float64 (a batched matmul is ~100x slower on small CPU grids).
+
+    Args:
+        dst_from_src: ``(4, 4)`` or ``(B, 4, 4)`` (a ``(4, 4)`` is repeated ``batch`` times).
+        src_grid: grid of the maps that will be sampled.
+        dst_grid: grid of the output (default ``src_grid``).
+        device: where the coordinates are built.
     """
     device = torch.device(device)
-    a = torch.linalg.inv(_as_batch_matrix(dst_from_src, batch, device))  # src_from_dst
-    centres = torch.as_tensor(dst_grid.cell_centers(), dtype=torch.float64, device=device)  # (H, W, 2)
-    src = torch.einsum("bij,hwj->bhwi", a[:, :2, :2], centres) + a[:, None, None, :2, 3]
-    pcr = src_grid.point_cloud_range
-    gx = (src[..., 0] - pcr[0]) / (pcr[3] - pcr[0]) * 2 - 1
-    gy = (src[..., 1] - pcr[1]) / (pcr[4] - pcr[1]) * 2 - 1
-    return torch.stack([gx, gy], dim=-1).float()
+    a = torch.linalg.inv(_as_batch_matrix(dst_from_src, batch, device))  # src_from_dst, (B, 4, 4)
+    centres = (dst_grid or src_grid).cell_centers(like=a)  # (H, W, 2) float64
+    xs, ys = centres[None, ..., 0], centres[None, ..., 1]  # (1, H, W)
+    coef = (lambda i, j: a[:, i, j].view(-1, 1, 1))
+    sx = coef(0, 0) * xs + coef(0, 1) * ys + coef(0, 3)
+    sy = coef(1, 0) * xs + coef(1, 1) * ys + coef(1, 3)
+    return src_grid.grid_sample_coords(torch.stack([sx, sy], dim=-1)).float()
 
 
 def warp_bev(maps: torch.Tensor, dst_from_src: np.ndarray | torch.Tensor, grid: BEVGrid, *,
@@ -200,38 +167,42 @@ def image_augmentation_matrix(*, resize: float = 1.0, crop: tuple[float, float] 
 
 @dataclass(frozen=True, kw_only=True)
 class ImageAugConfig:
-    """Random image augmentation of BEVDepth (§4.1; its nuScenes config: resize 0.386-0.55 of
-    1600x900, crop to 704x256 from the bottom, random horizontal flip).
+    """Random image augmentation around the base resize (BEVDepth §4.1, nuScenes defaults).
 
-    Attributes:
-        final_size: ``(height, width)`` of the network input, pixels.
-        resize_range: range of the resize factor, relative to the source image.
-        bottom_crop_range: fraction of the resized height cut from the bottom (0 = keep bottom).
-        flip: random horizontal flip with probability 0.5.
+    The base transform scales the original image by ``max(w / W0, h / H0)`` and crops the
+    bottom-centre ``w x h`` window. Training multiplies the scale by ``1 + U(resize_jitter)``,
+    moves the crop uniformly left/right and up by ``U(0, crop_up) x`` the spare height, and
+    flips with ``flip_prob``. A negative jitter can leave black borders (as BEVDepth's).
     """
 
-    final_size: tuple[int, int] = (256, 704)
-    resize_range: tuple[float, float] = (0.386, 0.55)
-    bottom_crop_range: tuple[float, float] = (0.0, 0.0)
-    flip: bool = True
+    resize_jitter: tuple[float, float] = (-0.06, 0.11)
+    crop_up: float = 0.2
+    flip_prob: float = 0.5
 
-    def sample(self, src_size: tuple[int, int], rng: np.random.Generator | None = None) -> np.ndarray:
-        """``(3, 3)`` ``aug_from_orig`` for a source image of ``src_size (width, height)``;
-        ``rng=None`` gives the deterministic test-time transform (mean resize, centred
-        horizontal crop, no flip)."""
-        fh, fw = self.final_size
-        w, h = src_size
-        if rng is None:
-            resize = max(sum(self.resize_range) / 2, fw / w, fh / h)
-            bottom, flip = float(np.mean(self.bottom_crop_range)), False
-        else:
-            resize = max(float(rng.uniform(*self.resize_range)), fw / w, fh / h)
-            bottom, flip = float(rng.uniform(*self.bottom_crop_range)), bool(self.flip and rng.random() < 0.5)
-        new_w, new_h = int(w * resize), int(h * resize)
-        top = int((1 - bottom) * new_h) - fh
-        left = (new_w - fw) // 2 if rng is None else int(rng.integers(0, max(new_w - fw, 0) + 1))
-        return image_augmentation_matrix(resize=resize, crop=(float(left), float(max(top, 0))), flip=flip,
-                                         out_width=fw)
+    def sample(self, orig_wh: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator | None = None
+               ) -> np.ndarray:
+        """``(3, 3)`` float64 ``aug_from_orig`` for a source image of ``orig_wh`` ``(W0, H0)``
+        and an output of ``out_hw`` ``(h, w)``; ``rng=None`` gives the deterministic base
+        transform (:func:`base_image_transform`)."""
+        return base_image_transform(orig_wh, out_hw, rng, self)
+
+
+def base_image_transform(orig_wh: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator | None = None,
+                         aug: ImageAugConfig | None = None) -> np.ndarray:
+    """``(3, 3)`` float64 ``aug_from_orig`` (see :class:`ImageAugConfig`); deterministic when
+    ``rng`` or ``aug`` is None. ``orig_wh`` is ``(W0, H0)``, ``out_hw`` ``(h, w)``."""
+    (w0, h0), (h, w) = orig_wh, out_hw
+    r = max(w / w0, h / h0)
+    if rng is not None and aug is not None:
+        r *= 1.0 + rng.uniform(*aug.resize_jitter)
+    nw, nh = w0 * r, h0 * r
+    left, top = (nw - w) / 2, nh - h
+    flip = False
+    if rng is not None and aug is not None:
+        left = rng.uniform(0.0, max(nw - w, 0.0))
+        top -= rng.uniform(0.0, aug.crop_up) * max(nh - h, 0.0)
+        flip = bool(rng.random() < aug.flip_prob)
+    return image_augmentation_matrix(resize=r, crop=(left, top), flip=flip, out_width=w)
 
 
 def warp_images(images: torch.Tensor, img_aug: np.ndarray | torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:

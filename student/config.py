@@ -6,11 +6,11 @@ round-trips through :meth:`StudentConfig.to_dict` / :meth:`StudentConfig.from_di
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from storage.grid import DEMO_GRID, BEVGrid
+from teachers.lss import num_depth_bins
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +40,8 @@ class DepthConfig:
 
     Args:
         depth_bins: ``(d_min, d_max, step)`` metres along the camera's optical axis. Bin ``i``
-            covers ``[d_min + i*step, d_min + (i+1)*step)``; its centre lifts the features.
+            covers ``[d_min + i*step, d_min + (i+1)*step)``; its centre lifts the features. The
+            one source of the student's depth bins: the depth losses read them from here.
         mid_channels: hidden channels of the depth net.
         camera_aware: BEVDepth §3.2 camera-aware depth: an MLP of the intrinsics, image
             augmentation and extrinsics gates the depth branch (squeeze-excitation).
@@ -58,9 +59,8 @@ class DepthConfig:
 
     @property
     def num_depth_bins(self) -> int:
-        """``D``, the number of depth bins."""
-        d_min, d_max, step = self.depth_bins
-        return int(math.floor((d_max - d_min) / step + 1e-6))
+        """``D``, the number of depth bins (:func:`teachers.lss.num_depth_bins`)."""
+        return num_depth_bins(self.depth_bins)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,7 +75,7 @@ class StudentConfig:
         context_channels: channels of the lifted context feature = channels of ``camera_bev``.
         bev_grid: the student's BEV grid (lift-splat target and head output grid).
         bev_channels: channels of ``bev_feature`` (BEV encoder output, head input).
-        image_size: ``(height, width)`` pixels of the network input (after image augmentation).
+        image_hw: ``(height, width)`` pixels of the network input (after image augmentation).
         num_cameras: cameras per sample (6 for nuScenes).
         num_classes: detection classes (10 nuScenes classes).
         simdistill: add SimDistill's simulated-LiDAR branch and fuser (Zhao et al. AAAI 2024).
@@ -89,16 +89,16 @@ class StudentConfig:
     context_channels: int = 80
     bev_grid: BEVGrid = field(default_factory=lambda: DEMO_GRID.with_stride(2))
     bev_channels: int = 256
-    image_size: tuple[int, int] = (256, 704)
+    image_hw: tuple[int, int] = (256, 704)
     num_cameras: int = 6
     num_classes: int = 10
     simdistill: bool = False
     head_channels: int = 64
 
     def __post_init__(self) -> None:
-        h, w = self.image_size
+        h, w = self.image_hw
         if h % self.feature_stride or w % self.feature_stride:
-            raise ValueError(f"StudentConfig.image_size {self.image_size} not divisible by feature_stride "
+            raise ValueError(f"StudentConfig.image_hw {self.image_hw} (height, width) not divisible by feature_stride "
                              f"{self.feature_stride}")
         if self.feature_stride != 16:
             raise ValueError(f"StudentConfig.feature_stride: only 16 is implemented, got {self.feature_stride}")
@@ -110,7 +110,7 @@ class StudentConfig:
     @property
     def feature_size(self) -> tuple[int, int]:
         """``(h', w')`` of the image features and of ``depth_probs``."""
-        return (self.image_size[0] // self.feature_stride, self.image_size[1] // self.feature_stride)
+        return (self.image_hw[0] // self.feature_stride, self.image_hw[1] // self.feature_stride)
 
     @classmethod
     def tiny(cls, *, simdistill: bool = False) -> "StudentConfig":
@@ -118,7 +118,7 @@ class StudentConfig:
         return cls(backbone=BackboneConfig(depth=18, base_width=16), fpn_channels=32,
                    depth=DepthConfig(depth_bins=(2.0, 58.0, 2.0), mid_channels=32),
                    context_channels=16, bev_grid=DEMO_GRID.with_stride(8), bev_channels=32,
-                   image_size=(64, 176), simdistill=simdistill, head_channels=16)
+                   image_hw=(64, 176), simdistill=simdistill, head_channels=16)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -127,11 +127,15 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+        """Inverse of :meth:`to_dict`; also reads dicts of older checkpoints, whose image size
+        was stored under ``image_size`` (the same ``(height, width)`` order)."""
         d = dict(d)
+        if "image_size" in d:
+            d["image_hw"] = d.pop("image_size")
         d["backbone"] = BackboneConfig(**d["backbone"])
         depth = dict(d["depth"])
         depth["depth_bins"] = tuple(depth["depth_bins"])
         d["depth"] = DepthConfig(**depth)
         d["bev_grid"] = BEVGrid.from_dict(d["bev_grid"])
-        d["image_size"] = tuple(d["image_size"])
+        d["image_hw"] = tuple(d["image_hw"])
         return cls(**d)

@@ -10,7 +10,8 @@ happens there too, so DataLoader workers ship 1 byte per pixel / per map value.
 
 Without a cache the item carries LiDAR depth maps computed from the sample's points (for
 BEVDepth's depth loss); for online distillation it carries the points and the network-free
-LiDAR targets (:func:`teachers.targets.build_lidar_targets`) instead of a cache row.
+LiDAR targets (the cache row's network-free part, :func:`teachers.cache_row.build_cache_row`)
+instead of a stored row.
 """
 
 from __future__ import annotations
@@ -18,38 +19,25 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from storage.cache import CacheReader, DatasetInfo
+from storage.cache import CacheReader, CacheRow, DatasetInfo
+from storage.cache.layout import JOB_ATTR
 from storage.errors import CacheMismatchError
 from storage.grid import BEVGrid
 from storage.sample import CAMERA_NAMES, Sample, SampleReader
-from storage.targets import SampleTargets
-from student.augment import BEVAugConfig, residual_transform, warp_boxes
+from storage.bev_augment import BEVAugConfig
+from student.augment import ImageAugConfig, base_image_transform, residual_transform, warp_boxes
 from student.config import StudentConfig
 from student.model.types import StudentBatch
 from student.targets_batch import PackedTargets, collate_targets
 from teachers.input import IMAGE_MEAN, IMAGE_STD
-from teachers.targets import build_lidar_targets, lidar_depth_maps
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageAugConfig:
-    """Random image augmentation around the base resize (BEVDepth nuScenes defaults).
-
-    The base transform scales the original image by ``max(w / W0, h / H0)`` and crops the
-    bottom-centre ``w x h`` window. Training multiplies the scale by ``1 + U(resize_jitter)``,
-    moves the crop uniformly left/right and up by ``U(0, crop_up) x`` the spare height, and
-    flips with ``flip_prob``.
-    """
-
-    resize_jitter: tuple[float, float] = (-0.06, 0.11)
-    crop_up: float = 0.2
-    flip_prob: float = 0.5
+from teachers.cache_row import build_cache_row, lidar_depth_maps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +49,7 @@ class DataConfig:
             drawn view's own ``view_matrix`` is then the student's augmentation).
         image_aug: random image augmentation for training, or None (base resize/crop only).
         depth_image_size: ``(w, h)`` of the images the cache's ``lidar_depth`` maps were built
-            for (:func:`teachers.targets.build_lidar_targets`); None = the student's image size.
+            for (:func:`teachers.cache_row.build_cache_row`); None = the student's image size.
         depth_stride: pixels per depth cell for depth maps built here (no cache / online).
     """
 
@@ -69,13 +57,6 @@ class DataConfig:
     image_aug: ImageAugConfig | None = field(default_factory=ImageAugConfig)
     depth_image_size: tuple[int, int] | None = None
     depth_stride: int = 16
-
-
-def dataset_info_of(reader: SampleReader) -> DatasetInfo:
-    """``DatasetInfo`` of a reader from its ``dataset_id`` ``"<id>:<version>:<split>"``."""
-    parts = str(reader.dataset_id).split(":")
-    parts += [""] * (3 - len(parts))
-    return DatasetInfo(dataset_id=parts[0], version=parts[1], split=":".join(parts[2:]))
 
 
 def open_cache(location: str | os.PathLike[str], reader: SampleReader, *, expect_grid: BEVGrid | None = None,
@@ -87,7 +68,7 @@ def open_cache(location: str | os.PathLike[str], reader: SampleReader, *, expect
             cache lacks a target the enabled losses need; the message says which.
         FileNotFoundError: no cache at ``location``.
     """
-    cache = CacheReader(os.fspath(location), expect_grid=expect_grid, expect_dataset=dataset_info_of(reader))
+    cache = CacheReader(os.fspath(location), expect_grid=expect_grid, expect_dataset=DatasetInfo.from_reader_id(reader.dataset_id))
     stored = {t.name for t in cache.schema.targets}
     missing = [n for n in required_targets if n not in stored]
     if missing:
@@ -96,40 +77,15 @@ def open_cache(location: str | os.PathLike[str], reader: SampleReader, *, expect
     return cache
 
 
-#: Root attribute where the cache job records its settings (``pipeline.cache_plan.JOB_ATTR``).
-CACHE_JOB_ATTR = "bevkd_cache_job"
-
-
 def cache_depth_geometry(cache: CacheReader) -> tuple[tuple[int, int], int] | None:
     """``((w, h), depth_stride)`` the cache job built ``lidar_depth`` for (from its recorded job
     settings), or None when the cache does not record them (e.g. written by hand)."""
     import zarr  # storage's dependency; only the root attributes are read
 
-    job = zarr.open_group(store=cache.store, mode="r", zarr_format=3).attrs.get(CACHE_JOB_ATTR)
+    job = zarr.open_group(store=cache.store, mode="r", zarr_format=3).attrs.get(JOB_ATTR)
     if not job or "image_size" not in job:
         return None
     return (int(job["image_size"][0]), int(job["image_size"][1])), int(job.get("depth_stride", 16))
-
-
-def base_image_transform(orig_size: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator | None = None,
-                         aug: ImageAugConfig | None = None) -> np.ndarray:
-    """``(3, 3)`` float64 ``aug_from_orig`` (see :class:`ImageAugConfig`); deterministic when
-    ``rng`` or ``aug`` is None. ``orig_size`` is ``(W0, H0)``, ``out_hw`` ``(h, w)``."""
-    (w0, h0), (h, w) = orig_size, out_hw
-    r = max(w / w0, h / h0)
-    if rng is not None and aug is not None:
-        r *= 1.0 + rng.uniform(*aug.resize_jitter)
-    nw, nh = w0 * r, h0 * r
-    left, top = (nw - w) / 2, nh - h
-    flip = False
-    if rng is not None and aug is not None:
-        left = rng.uniform(0.0, max(nw - w, 0.0))
-        top -= rng.uniform(0.0, aug.crop_up) * max(nh - h, 0.0)
-        flip = bool(rng.random() < aug.flip_prob)
-    m = np.array([[r, 0.0, -left], [0.0, r, -top], [0.0, 0.0, 1.0]])
-    if flip:
-        m = np.array([[-1.0, 0.0, float(w)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ m
-    return m
 
 
 def warp_image_u8(rgb: np.ndarray, img_aug: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -153,7 +109,8 @@ class StudentItem:
         cam_intrinsic: ``(6, 3, 3)`` float32 of the original images; lidar_from_cam ``(6, 4, 4)``.
         img_aug: ``(6, 3, 3)`` float32 ``aug_from_orig``; bev_aug ``(4, 4)`` float32 ``aug_from_lidar``.
         gt_boxes: ``(M, 9)`` float32, augmented lidar frame; gt_labels ``(M,)`` int64.
-        targets: cache row (``CachedTargets``, ``decode=False``) or ``SampleTargets``, or None.
+        targets: the sample's :class:`CacheRow`: read from the cache (``decode=False``), or its
+            network-free part (online teacher), or LiDAR depth only (no teacher); None for inference.
         residual_bev: ``(4, 4)``; residual_img ``(6, 3, 3)`` float64 (see :class:`PackedTargets`).
         depth_stride: pixels per cell of ``targets.lidar_depth``.
         points: ``(N, 5)`` float32 lidar frame (online distillation only).
@@ -167,7 +124,7 @@ class StudentItem:
     bev_aug: np.ndarray
     gt_boxes: np.ndarray
     gt_labels: np.ndarray
-    targets: Any = None
+    targets: CacheRow | None = None
     residual_bev: np.ndarray = field(default_factory=lambda: np.eye(4))
     residual_img: np.ndarray = field(default_factory=lambda: np.tile(np.eye(3), (6, 1, 1)))
     depth_stride: float = 16.0
@@ -241,7 +198,7 @@ class StudentDataset(Dataset):
 
     @property
     def depth_image_size(self) -> tuple[int, int]:
-        h, w = self.student.image_size
+        h, w = self.student.image_hw
         return tuple(self.data.depth_image_size or (w, h))
 
     def __getitem__(self, index: int) -> StudentItem:
@@ -271,7 +228,7 @@ class StudentDataset(Dataset):
 
     def _cameras(self, sample: Sample, rng: np.random.Generator | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        hw = tuple(self.student.image_size)
+        hw = tuple(self.student.image_hw)
         imgs, ks, l2c, augs = [], [], [], []
         for name in CAMERA_NAMES[:self.student.num_cameras]:
             cam = sample.camera(name)
@@ -285,28 +242,29 @@ class StudentDataset(Dataset):
     def _residual_img(self, sample: Sample, img_aug: np.ndarray) -> np.ndarray:
         wd, hd = self.depth_image_size
         out = []
-        for a, name in zip(img_aug, CAMERA_NAMES):
+        for a, name in zip(img_aug, CAMERA_NAMES, strict=False):
             w0, h0 = sample.camera(name).image_size
             out.append(a @ np.diag([w0 / wd, h0 / hd, 1.0]))  # img_aug @ inverse(cache resize)
         return np.stack(out)
 
-    def _attach_targets(self, item: StudentItem, sample: Sample, row: Any, ks: np.ndarray, l2c: np.ndarray,
+    def _attach_targets(self, item: StudentItem, sample: Sample, row: CacheRow | None, ks: np.ndarray, l2c: np.ndarray,
                         img_aug: np.ndarray) -> None:
         stride = self.data.depth_stride
         if row is not None or self.online_grid is not None:
             if row is None:
-                row = build_lidar_targets(sample, self.online_grid, stride, self.depth_image_size)
+                row = build_cache_row(None, sample, bev_grid=self.online_grid, image_wh=self.depth_image_size,
+                                      depth_stride=stride)
                 item.points = np.ascontiguousarray(sample.points[:, :5], dtype=np.float32)
             item.targets = row
             item.residual_img = self._residual_img(sample, img_aug)
-            if getattr(row, "lidar_depth", None) is not None:
+            if row.lidar_depth is not None:
                 item.depth_stride = self.depth_image_size[0] / np.asarray(row.lidar_depth).shape[-1]
             return
         if not self.depth_targets:
             return
-        h, w = self.student.image_size  # no cache: LiDAR depth straight in the augmented images
+        h, w = self.student.image_hw  # no cache: LiDAR depth straight in the augmented images
         depth = lidar_depth_maps(sample.points, img_aug @ ks, l2c, (w, h), stride)
-        item.targets = SampleTargets(lidar_depth=depth.astype(np.float16))
+        item.targets = CacheRow(sample_token=sample.sample_token, lidar_depth=depth.astype(np.float16))
         item.depth_stride = float(stride)
 
 
@@ -341,7 +299,7 @@ class LoaderBatch:
                             bev_aug=self.bev_aug.to(device), gt_boxes=[b.to(device) for b in self.gt_boxes],
                             gt_labels=[lab.to(device) for lab in self.gt_labels], sample_tokens=self.sample_tokens)
 
-    def pin_memory(self) -> "LoaderBatch":
+    def pin_memory(self) -> LoaderBatch:
         """Page-locked copies (DataLoader ``pin_memory=True`` calls this) for asynchronous GPU copies."""
         return replace(self, images=self.images.pin_memory(), targets=None if self.targets is None
                        else self.targets.pin_memory(), points=None if self.points is None
@@ -381,5 +339,5 @@ class Collate:
                            sample_tokens=tuple(i.sample_token for i in items), targets=targets, points=points)
 
 
-__all__ = ["CACHE_JOB_ATTR", "Collate", "DataConfig", "cache_depth_geometry", "ImageAugConfig", "LoaderBatch", "StudentDataset", "StudentItem",
-           "base_image_transform", "dataset_info_of", "open_cache", "warp_image_u8"]
+__all__ = ["Collate", "DataConfig", "ImageAugConfig", "LoaderBatch", "StudentDataset", "StudentItem",
+           "base_image_transform", "cache_depth_geometry", "open_cache", "warp_image_u8"]

@@ -35,7 +35,7 @@ def predict(model: torch.nn.Module, reader: SampleReader, student: StudentConfig
     from storage.nuscenes_eval import Detections
 
     ds = StudentDataset(reader, student, DataConfig(bev_aug=None, image_aug=None), train=False, depth_targets=False)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=Collate(ds.grid, student.image_size))
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=Collate(ds.grid, student.image_hw))
     was_training = model.training
     model.eval()
     out: dict[str, Detections] = {}

@@ -27,13 +27,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from storage.cache import QuantizedArray, dequantize
+from storage.cache import CacheRow, QuantizedArray, dequantize
+from storage.cache.row import ROW_ARRAYS
+from storage.cache.schema import fields_where
 from storage.grid import BEVGrid
-from student.augment import warp_boxes, warp_depth, warp_images
+from student.augment import bev_sampling_grid, warp_boxes, warp_depth, warp_images
 from student.losses.targets import TeacherSpec, TeacherTargets
 
-_DENSE = ("heatmap", "lidar_depth", "depth_probs", "fg_mask", "view_mask")
-_RAGGED = ("boxes", "scores", "labels", "instance_features")
+#: Row attributes packed one tensor per sample (ragged targets: one row per box) / stacked (the rest);
+#: from the target-field table (:data:`storage.cache.schema.TARGET_FIELDS`).
+_RAGGED = tuple(a for f in fields_where(ragged=True) for a in f.row_attrs)
+_DENSE = tuple(a for a in ROW_ARRAYS if a not in _RAGGED)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -92,15 +96,9 @@ class PackedTargets:
                              depth_out_size=self.depth_out_size, depth_stride=self.depth_stride)
 
 
-def row_fields(row: Any) -> dict[str, Any]:
-    """Field name -> value of a cached row (:class:`storage.cache.CachedTargets`) or of a
-    :class:`storage.targets.SampleTargets`; absent targets are left out."""
-    out: dict[str, Any] = {f"bev_features/{k}": v for k, v in row.bev_features.items()}
-    for name in _DENSE + _RAGGED:
-        value = getattr(row, name, None)
-        if value is not None:
-            out[name] = value
-    return out
+def row_fields(row: CacheRow) -> dict[str, Any]:
+    """Field name -> value of a cache row (:meth:`storage.cache.CacheRow.arrays`); absent targets are left out."""
+    return row.arrays()
 
 
 def _stack(name: str, values: Sequence[Any]) -> Any:
@@ -117,7 +115,7 @@ def _stack(name: str, values: Sequence[Any]) -> Any:
 
 def collate_targets(rows: Sequence[Any], bev_grid: BEVGrid, residual_bev: np.ndarray, residual_img: np.ndarray,
                     depth_out_size: tuple[int, int] | None, depth_stride: float) -> PackedTargets:
-    """Stack B rows (``CachedTargets`` read with ``decode=False``, or ``SampleTargets``).
+    """Stack B rows (:class:`storage.cache.CacheRow`, read with ``decode=False`` or built by the loader).
 
     Only targets present in every row are kept (a row's fields are those of its cache).
 
@@ -199,34 +197,17 @@ def align_targets(t: TeacherTargets, residual_bev: torch.Tensor | None, residual
     return out
 
 
-def bev_sampling_grid(dst_from_src: torch.Tensor, grid: BEVGrid, device: torch.device) -> torch.Tensor:
-    """``(B, H, W, 2)`` float32 ``grid_sample`` coordinates (``align_corners=False``) of the source
-    position ``inverse(dst_from_src) @ centre`` of each destination cell, on ``grid``. Elementwise
-    (the batched-matmul form is ~100x slower on small CPU grids); same maths as
-    :func:`student.augment.bev_sampling_grid`."""
-    a = torch.linalg.inv(dst_from_src.to(torch.float64))[:, :3, :].to(device)  # src_from_dst, (B, 3, 4)
-    x0, y0, _, x1, y1, _ = grid.point_cloud_range
-    h, w = grid.bev_shape
-    vx, vy = (x1 - x0) / w, (y1 - y0) / h
-    xs = (x0 + (torch.arange(w, device=device, dtype=torch.float64) + 0.5) * vx).view(1, 1, w)
-    ys = (y0 + (torch.arange(h, device=device, dtype=torch.float64) + 0.5) * vy).view(1, h, 1)
-    col = (lambda i, j: a[:, i, j].view(-1, 1, 1))
-    sx = col(0, 0) * xs + col(0, 1) * ys + col(0, 3)
-    sy = col(1, 0) * xs + col(1, 1) * ys + col(1, 3)
-    return torch.stack([(sx - x0) / (x1 - x0) * 2 - 1, (sy - y0) / (y1 - y0) * 2 - 1], dim=-1).float()
-
-
 def warp_bev_targets(t: TeacherTargets, residual_bev: torch.Tensor) -> TeacherTargets:
     """BEV part of :func:`align_targets`: one bilinear ``grid_sample`` for every float map
     (features and heatmap concatenated), one nearest for every mask, boxes moved by
     :func:`storage.boxes.transform_boxes` (centre, yaw, velocity; instance features travel
     with their boxes). Cells coming from outside the grid become 0 / False."""
     maps = dict(t.bev_features) | ({"heatmap": t.heatmap} if t.heatmap is not None else {})
-    masks = {k: v for k, v in (("fg_mask", t.fg_mask), ("view_mask", t.view_mask)) if v is not None}
+    masks = {f.name: getattr(t, f.name) for f in fields_where(warp="nearest") if getattr(t, f.name) is not None}
     ref = next(iter(maps.values()), next(iter(masks.values()), None))
     changes: dict[str, Any] = {}
     if ref is not None:
-        coords = bev_sampling_grid(residual_bev, t.bev_grid, ref.device)
+        coords = bev_sampling_grid(residual_bev, t.bev_grid, device=ref.device)
         if maps:
             stacked = torch.cat(list(maps.values()), dim=1)
             warped = torch.nn.functional.grid_sample(stacked, coords.to(stacked.dtype), mode="bilinear",

@@ -126,26 +126,24 @@ def required_targets(cfg: DistillationConfig) -> list[str]:
         need.add("boxes")
     if (w.dense_feature or w.keypoint_response) and cfg.soft_mask_boxes == "teacher":
         need.add("boxes")
-    for t, wt in zip(cfg.fusion_teacher, (w.fusion_camera, w.fusion_lidar, w.fusion_fused)):
+    for t, wt in zip(cfg.fusion_teacher, (w.fusion_camera, w.fusion_lidar, w.fusion_fused), strict=True):
         if wt:
             need.add(f"bev_features/{t}")
     return sorted(need)
 
 
-def default_distillation(spec: TeacherSpec | None, available: set[str], depth_bins: tuple[float, float, float]
-                         ) -> DistillationConfig:
+def default_distillation(spec: TeacherSpec | None, available: set[str]) -> DistillationConfig:
     """Detection + BEVDepth depth loss, plus every distillation term whose targets are available:
     BEVDistill dense (§3.2) and instance (§3.3), BEV-LGKD feature, X3KD heatmap, UniDistill keypoints."""
     if spec is None or not spec.bev_channels:
-        return DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0),
-                                  depth_bins=depth_bins)
+        return DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0))
     feat = "neck" if "neck" in spec.bev_channels else sorted(spec.bev_channels)[0]
     has = (lambda *names: all(n in available for n in names))
     w = LossWeights(depth_bce=3.0 if has("lidar_depth") else 0.0, dense_feature=1.0,
                     lgkd_feature=1.0 if has("fg_mask", "view_mask") else 0.0,
                     heatmap=1.0 if has("heatmap") else 0.0, keypoint_response=1.0 if has("heatmap") else 0.0,
                     instance=0.5 if has("instance_features", "boxes") and spec.instance_channels else 0.0)
-    return DistillationConfig(weights=w, depth_bins=depth_bins, feature_teacher=feat)
+    return DistillationConfig(weights=w, feature_teacher=feat)
 
 
 def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, teacher: nn.Module | None,
@@ -155,26 +153,25 @@ def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, t
     Returns:
         ``(cache reader or None, teacher spec or None, loss config, cache targets to read)``.
     """
-    from teachers.input import TeacherInput  # the live teacher's probe input
+    from teachers.cache_row import build_cache_row  # the live teacher's probe row
+    from teachers.input import TeacherInput
 
-    depth_bins = config.student.depth.depth_bins
     cache, spec, available = None, None, {"lidar_depth"}
     if cache_path is not None:
         cache = open_cache(cache_path, reader, expect_grid=expect_grid)
         spec, available = spec_from_schema(cache.schema), {t.name for t in cache.schema.targets}
     elif teacher is not None and not config.no_distill:
+        sample = reader.read(0)
         with torch.no_grad():
-            out = teacher(TeacherInput.from_samples([reader.read(0)], device=next(teacher.parameters()).device))
+            out = teacher(TeacherInput.from_samples([sample], device=next(teacher.parameters()).device))
         spec = spec_from_output(out)
-        available |= {f"bev_features/{k}" for k in out.bev_features} | {"heatmap", "boxes", "fg_mask", "view_mask"}
-        available |= {"instance_features"} if spec.instance_channels else set()
-        available |= {"depth_probs"} if out.depth_probs is not None else set()
+        h, w = config.student.image_hw
+        available |= set(build_cache_row(out, sample, image_wh=(w, h)).target_names())
     if config.no_distill:
         spec = None
-        distill = DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0),
-                                     depth_bins=depth_bins)
+        distill = DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0))
     else:
-        distill = config.distill or default_distillation(spec, available, depth_bins)
+        distill = config.distill or default_distillation(spec, available)
     need = required_targets(distill)
     if cache is not None:
         cache = open_cache(cache_path, reader, expect_grid=expect_grid, required_targets=need)

@@ -200,7 +200,7 @@ class _Run:
         c = self.config
         bar = tqdm(total=self.total, initial=self.position["step"], desc="train", unit="step",
                    disable=not (c.progress and self.d.rank == 0))
-        collate = Collate(self.ds.grid, c.student.image_size)
+        collate = Collate(self.ds.grid, c.student.image_hw)
         stop = self.total if c.stop_after is None else min(self.total, self.position["step"] + c.stop_after)
         with self.log_path.open("a") as log:
             while self.position["step"] < stop:

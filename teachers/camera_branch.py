@@ -1,7 +1,8 @@
 """Camera branch of the fusion teacher: a small ResNet-style image backbone with an FPN and the
 Lift-Splat-Shoot view transform (Philion & Fidler, ECCV 2020, §3: "lift" each feature pixel to a
 categorical depth distribution over ``depth_bins`` times a context vector, "splat" the frustum
-points onto the BEV grid by sum pooling). BEVFusion (Liu et al., ICRA 2023, §3.1) uses the same
+points onto the BEV grid by sum pooling; the one implementation is :mod:`teachers.lss`, shared
+with the student). BEVFusion (Liu et al., ICRA 2023, §3.1) uses the same
 transform with a Swin-T backbone; ours is a few residual stages so it trains on a CPU.
 """
 
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage.grid import BEVGrid
+from teachers.blocks import ResBlock
+from teachers.lss import depth_bin_centers, frustum_points, num_depth_bins, voxel_pool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,7 +25,7 @@ class CameraBranchConfig:
         channels: widths of the backbone stages (each halves the resolution; the stem halves it too).
         feature_stride: image stride of the FPN output the depth net runs on (8 or 16).
         bev_channels: C of the camera BEV map.
-        depth_bins: ``(min, max, step)`` m of the depth bin centres' grid (``min + (i + 0.5) step``).
+        depth_bins: ``(d_min, d_max, step)`` m; bins and centres as in :mod:`teachers.lss`.
     """
 
     channels: tuple[int, ...] = (32, 64, 128, 256)
@@ -32,27 +35,8 @@ class CameraBranchConfig:
 
     @property
     def num_depth_bins(self) -> int:
-        lo, hi, step = self.depth_bins
-        return int(round((hi - lo) / step))
-
-    def depth_centres(self) -> torch.Tensor:
-        """``(D,)`` float32 bin centres, m (distance along the optical axis)."""
-        lo, _, step = self.depth_bins
-        return lo + (torch.arange(self.num_depth_bins, dtype=torch.float32) + 0.5) * step
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.down(x))
+        """``D`` (:func:`teachers.lss.num_depth_bins`)."""
+        return num_depth_bins(self.depth_bins)
 
 
 class ImageBackbone(nn.Module):
@@ -62,7 +46,7 @@ class ImageBackbone(nn.Module):
         super().__init__()
         c = config.channels
         self.stem = nn.Sequential(nn.Conv2d(3, c[0], 3, 2, 1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True))
-        self.stages = nn.ModuleList(_ResBlock(a, b, 2) for a, b in zip((c[0],) + c[:-1], c))
+        self.stages = nn.ModuleList(ResBlock(a, b, 2) for a, b in zip((c[0],) + c[:-1], c, strict=True))
         strides = [2 ** (i + 2) for i in range(len(c))]
         if config.feature_stride not in strides:
             raise ValueError(f"CameraBranchConfig.feature_stride {config.feature_stride} not in {strides}")
@@ -84,55 +68,6 @@ class ImageBackbone(nn.Module):
         return self.smooth(y)
 
 
-def frustum_points(cam_intrinsic: torch.Tensor, lidar_from_cam: torch.Tensor, feat_hw: tuple[int, int], stride: int,
-                   depths: torch.Tensor) -> torch.Tensor:
-    """Lidar-frame positions of the frustum grid.
-
-    Args:
-        cam_intrinsic: ``(B, N, 3, 3)`` for the input images. lidar_from_cam: ``(B, N, 4, 4)``
-            (may include a BEV augmentation; only matrix products are used).
-        feat_hw: ``(h, w)`` of the feature map; cell ``(i, j)`` is pixel ``((j + .5) s, (i + .5) s)``.
-        depths: ``(D,)`` depth along the optical axis, m.
-
-    Returns:
-        ``(B, N, D, h, w, 3)`` float32 xyz, lidar frame, m.
-    """
-    h, w = feat_hw
-    dev = cam_intrinsic.device
-    v, u = torch.meshgrid((torch.arange(h, device=dev) + 0.5) * stride, (torch.arange(w, device=dev) + 0.5) * stride,
-                          indexing="ij")
-    d = depths.to(dev)[:, None, None]
-    pix = torch.stack([u.expand(len(depths), h, w) * d, v.expand(len(depths), h, w) * d, d.expand(-1, h, w)], -1)
-    cam = pix @ torch.linalg.inv(cam_intrinsic.float())[:, :, None, None].transpose(-1, -2)  # (B,N,D,h,w,3)
-    rot = lidar_from_cam[..., :3, :3].float()[:, :, None, None]
-    trans = lidar_from_cam[..., :3, 3].float()[:, :, None, None, None]
-    return (cam @ rot.transpose(-1, -2)) + trans
-
-
-def splat(features: torch.Tensor, points: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
-    """Sum-pool frustum features into BEV cells ("splat", LSS §3; BEVFusion §3.1 BEV pooling).
-
-    Args:
-        features: ``(B, N, D, h, w, C)``. points: ``(B, N, D, h, w, 3)`` lidar frame, m.
-        grid: output grid; points outside ``point_cloud_range`` (z included) are dropped.
-
-    Returns:
-        ``(B, C, H, W)`` float32.
-    """
-    b, c = features.shape[0], features.shape[-1]
-    hh, ww = grid.bev_shape
-    lo = points.new_tensor(grid.point_cloud_range[:3])
-    hi = points.new_tensor(grid.point_cloud_range[3:])
-    p = points.reshape(b, -1, 3)
-    f = features.reshape(b, -1, c)
-    ok = ((p >= lo) & (p < hi)).all(-1)
-    col = ((p[..., 0] - lo[0]) / grid.voxel_size[0]).long().clamp(0, ww - 1)
-    row = ((p[..., 1] - lo[1]) / grid.voxel_size[1]).long().clamp(0, hh - 1)
-    flat = torch.arange(b, device=p.device)[:, None] * (hh * ww) + row * ww + col
-    out = f.new_zeros((b * hh * ww, c)).index_add_(0, flat[ok], f[ok])
-    return out.view(b, hh, ww, c).permute(0, 3, 1, 2).contiguous()
-
-
 class LSSCameraBranch(nn.Module):
     """Images -> per-camera depth distributions and a camera BEV map on ``grid``."""
 
@@ -141,7 +76,7 @@ class LSSCameraBranch(nn.Module):
         self.config, self.grid = config, grid
         self.backbone = ImageBackbone(config, out_channels=config.bev_channels)
         self.depthnet = nn.Conv2d(config.bev_channels, config.num_depth_bins + config.bev_channels, 1)
-        self.register_buffer("depths", config.depth_centres(), persistent=False)
+        self.register_buffer("depths", depth_bin_centers(config.depth_bins), persistent=False)
 
     def forward(self, images: torch.Tensor, cam_intrinsic: torch.Tensor, lidar_from_cam: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +99,7 @@ class LSSCameraBranch(nn.Module):
         d = self.config.num_depth_bins
         depth = out[:, :d].softmax(dim=1)
         context = out[:, d:]
-        frustum = depth.unsqueeze(1) * context.unsqueeze(2)  # (BN, C, D, h, w)
         h, w = feat.shape[-2:]
-        frustum = frustum.view(b, n, -1, d, h, w).permute(0, 1, 3, 4, 5, 2)
         pts = frustum_points(cam_intrinsic, lidar_from_cam, (h, w), self.config.feature_stride, self.depths)
-        return splat(frustum, pts, self.grid), depth.view(b, n, d, h, w)
+        depth, context = depth.view(b, n, d, h, w), context.reshape(b, n, -1, h, w)
+        return voxel_pool(pts, depth, context, self.grid), depth

@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from storage.grid import BEVGrid
 
@@ -100,17 +99,16 @@ def _targets_single(boxes: np.ndarray, labels: np.ndarray, grid: BEVGrid, classe
     inds = np.zeros(max_objs, dtype=np.int64)
     mask = np.zeros(max_objs, dtype=bool)
     cls_to_ch = {int(c): i for i, c in enumerate(classes)}
-    x0, y0 = grid.point_cloud_range[0], grid.point_cloud_range[1]
-    vx, vy = grid.voxel_size[0], grid.voxel_size[1]
+    vx, vy, _ = grid.voxel_size
+    cells = grid.metric_to_cell_float(np.asarray(boxes, dtype=np.float64).reshape(-1, 9)[:, :2])  # [row, col]
     n = 0
-    for box, label in zip(boxes, labels):
+    for box, label, (fy, fx) in zip(boxes, labels, cells, strict=True):
         ch = cls_to_ch.get(int(label))
         if ch is None or n >= max_objs:
             continue
         length, width = box[3] / vx, box[4] / vy
         if length <= 0 or width <= 0:
             continue
-        fx, fy = (box[0] - x0) / vx, (box[1] - y0) / vy
         col, row = int(math.floor(fx)), int(math.floor(fy))
         if not (0 <= col < w and 0 <= row < h):
             continue

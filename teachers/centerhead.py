@@ -243,8 +243,8 @@ def _decode_task(o: CenterHeadOutput, b: int, grid: BEVGrid, score_threshold: fl
     cls, cell = flat // (h * w), flat % (h * w)
     row, col = cell // w, cell % w
     code = o.code()[b].reshape(CODE_SIZE, -1)[:, cell]  # (10, M)
-    x = (col + code[0]) * grid.voxel_size[0] + grid.point_cloud_range[0]
-    y = (row + code[1]) * grid.voxel_size[1] + grid.point_cloud_range[1]
+    xy = grid.cell_float_to_metric(torch.stack([row + code[1], col + code[0]], dim=-1))  # (M, 2)
+    x, y = xy[:, 0], xy[:, 1]
     size = code[3:6].exp()
     yaw = torch.atan2(code[6], code[7])
     boxes = torch.stack([x, y, code[2], size[0], size[1], size[2], yaw, code[8], code[9]], dim=1)

@@ -10,42 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from storage.grid import BEVGrid
 from teachers.bev_backbone import SECOND, SECONDFPN
+from teachers.bev_sampling import sample_bev
 from teachers.centerhead import CenterHead, CenterHeadLosses, CenterHeadOutput, decode_boxes, merge_heatmaps
 from teachers.config import CenterPointConfig
 from teachers.input import TeacherInput
 from teachers.output import TeacherOutput
 from teachers.sparse_encoder import SparseEncoder
 from teachers.voxelize import voxelize
-
-
-def sample_bev(feature: torch.Tensor, grid: BEVGrid, xy: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Bilinear samples of a BEV map at metric points.
-
-    Args:
-        feature: ``(B, C, H, W)`` on ``grid`` (row = +y, col = +x, cell centres at ``(i + 0.5)`` cells).
-        grid: the map's grid.
-        xy: per sample ``(M_i, >=2)`` ``[x, y, ...]`` m, same frame as ``grid``.
-
-    Returns:
-        Per sample ``(M_i, C)`` float32 (zeros padding outside the map).
-    """
-    x0, y0, _, x1, y1, _ = grid.point_cloud_range
-    out = []
-    for b, p in enumerate(xy):
-        if len(p) == 0:
-            out.append(feature.new_zeros((0, feature.shape[1])))
-            continue
-        u = (p[:, 0] - x0) / (x1 - x0) * 2 - 1
-        v = (p[:, 1] - y0) / (y1 - y0) * 2 - 1
-        g = torch.stack([u, v], dim=-1).to(feature.dtype).view(1, 1, -1, 2)
-        s = F.grid_sample(feature[b:b + 1], g, mode="bilinear", align_corners=False)  # (1, C, 1, M)
-        out.append(s[0, :, 0].t().contiguous())
-    return out
 
 
 @dataclass(kw_only=True, eq=False)

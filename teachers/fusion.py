@@ -17,7 +17,8 @@ from storage.grid import DEMO_GRID, BEVGrid
 from teachers.bev_backbone import SECOND, SECONDFPN
 from teachers.camera_branch import CameraBranchConfig, LSSCameraBranch
 from teachers.centerhead import CenterHead, CenterHeadLosses, decode_boxes, merge_heatmaps
-from teachers.centerpoint import sample_bev
+from teachers.bev_sampling import sample_bev
+from teachers.blocks import ConvFuser
 from teachers.config import CenterPointConfig, centerpoint_config_from_dict, centerpoint_tiny
 from teachers.input import TeacherInput
 from teachers.output import TeacherOutput
@@ -57,18 +58,6 @@ def fusion_config_from_dict(d: dict[str, Any]) -> FusionConfig:
                         fused_channels=int(d["fused_channels"]))
 
 
-class ConvFuser(nn.Module):
-    """Concatenate camera and LiDAR BEV maps, then 3x3 conv + BN + ReLU (BEVFusion §3.3)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def forward(self, camera_bev: torch.Tensor, lidar_bev: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(torch.cat([camera_bev, lidar_bev], dim=1))))
-
-
 @dataclass(kw_only=True, eq=False)
 class FusionMaps:
     """Maps of one forward on ``out_grid``: ``camera_bev``, ``lidar_bev``, ``fused_bev``, ``neck``
@@ -91,7 +80,7 @@ class BEVFusionTeacher(nn.Module):
         lc = config.lidar
         self.pts_middle_encoder = SparseEncoder(lc)
         self.camera_branch = LSSCameraBranch(config.camera, lc.out_grid)
-        self.fuser = ConvFuser(config.camera.bev_channels + lc.bev_in_channels, config.fused_channels)
+        self.fuser = ConvFuser(config.camera.bev_channels, lc.bev_in_channels, config.fused_channels)
         self.pts_backbone = SECOND(config.fused_channels, lc.backbone)
         self.pts_neck = SECONDFPN(lc.backbone.out_channels, lc.neck)
         self.pts_bbox_head = CenterHead(lc.head)
@@ -135,5 +124,5 @@ class BEVFusionTeacher(nn.Module):
             instance_features=sample_bev(maps.neck, self.out_grid, boxes), depth_probs=maps.depth_probs)
 
 
-__all__ = ["BEVFusionTeacher", "ConvFuser", "FusionConfig", "FusionMaps", "fusion_config_from_dict", "fusion_tiny"]
+__all__ = ["BEVFusionTeacher", "FusionConfig", "FusionMaps", "fusion_config_from_dict", "fusion_tiny"]
 

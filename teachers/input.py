@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ class TeacherInput:
     def device(self) -> torch.device:
         return self.points[0].device
 
-    def to(self, device: torch.device | str) -> "TeacherInput":
+    def to(self, device: torch.device | str) -> TeacherInput:
         """A copy on ``device``."""
         mv = (lambda t: None if t is None else t.to(device))
         return TeacherInput(points=[p.to(device) for p in self.points], images=mv(self.images),
@@ -62,7 +62,7 @@ class TeacherInput:
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample], image_size: tuple[int, int] | None = None,
-                     device: torch.device | str = "cpu") -> "TeacherInput":
+                     device: torch.device | str = "cpu") -> TeacherInput:
         """Batch :class:`storage.sample.Sample` objects.
 
         Args:
@@ -81,7 +81,7 @@ class TeacherInput:
         tokens = tuple(s.sample_token for s in samples)
         if image_size is None:
             return cls(points=points, gt_boxes=boxes, gt_labels=labels, sample_tokens=tokens)
-        imgs, ks, l2c = zip(*(_load_cameras(s, image_size) for s in samples))
+        imgs, ks, l2c = zip(*(_load_cameras(s, image_size) for s in samples), strict=True)
         return cls(points=points, images=torch.from_numpy(np.stack(imgs)).to(device),
                    cam_intrinsic=torch.from_numpy(np.stack(ks)).to(device),
                    lidar_from_cam=torch.from_numpy(np.stack(l2c)).to(device), image_size=tuple(image_size),

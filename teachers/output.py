@@ -1,4 +1,8 @@
-"""Typed teacher output (STYLE.md §13): what every teacher, built-in or user-supplied, returns."""
+"""Typed teacher output (STYLE.md §13): what every teacher, built-in or user-supplied, returns.
+
+:class:`TeacherOutput` is a batch of network predictions as torch tensors on the teacher's device;
+one sample of it becomes (part of) a :class:`storage.cache.row.CacheRow` with :meth:`TeacherOutput.row`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 import torch
 
 from storage.grid import BEVGrid
-from storage.targets import SampleTargets
+from storage.cache.row import CacheRow
 
 
 @dataclass(kw_only=True, eq=False)
@@ -40,14 +44,14 @@ class TeacherOutput:
     def batch_size(self) -> int:
         return int(self.heatmap.shape[0])
 
-    def sample_targets(self, i: int) -> SampleTargets:
-        """The network targets of sample ``i`` as numpy (masks and LiDAR depth are added by
-        the network-free builders in :mod:`teachers.targets`)."""
+    def row(self, i: int) -> CacheRow:
+        """The network part of sample ``i``'s cache row, as numpy (the whole row, with the
+        LiDAR-guided masks and depth, is built by :func:`teachers.cache_row.build_cache_row`)."""
 
         def np32(t: torch.Tensor) -> np.ndarray:
             return t.detach().float().cpu().numpy()
 
-        return SampleTargets(
+        return CacheRow(
             bev_features={k: np32(v[i]) for k, v in self.bev_features.items()},
             heatmap=np32(self.heatmap[i]),
             boxes=np32(self.boxes[i]) if self.boxes else None,

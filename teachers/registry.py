@@ -1,8 +1,8 @@
 """The one string registry of bevkd (STYLE.md §4): teacher name -> factory.
 
 The name is recorded in every cache, together with the teacher's config and the sha256 of its
-weights (:class:`TeacherInfo`). Besides the built-in names, ``"package.module:factory"`` names
-any importable callable returning an ``nn.Module`` whose ``forward(TeacherInput)`` returns a
+weights (:class:`storage.cache.TeacherInfo`, returned by :func:`load_teacher`). Besides the
+built-in names, ``"package.module:factory"`` names any importable callable returning an ``nn.Module`` whose ``forward(TeacherInput)`` returns a
 :class:`teachers.output.TeacherOutput` ("bring your own teacher").
 
 Checkpoint format (``torch.save`` of a dict): ``{"teacher": name, "config": config dict,
@@ -15,35 +15,14 @@ import dataclasses
 import hashlib
 import importlib
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from storage.cache.schema import TeacherInfo
 from teachers.config import CenterPointConfig, centerpoint_config_from_dict, centerpoint_tiny, centerpoint_voxel0075, config_to_dict
-
-
-@dataclass(frozen=True, kw_only=True)
-class TeacherInfo:
-    """What a cache records about its teacher.
-
-    Attributes:
-        name: registry name or ``package.module:factory``.
-        config: JSON-ready config dict (``{}`` for a user module without a dataclass ``config``).
-        weights_sha256: sha256 over the state dict (names, dtypes, shapes and bytes, in key order).
-        checkpoint: where the weights came from (``""`` = freshly initialised).
-        meta: free-form checkpoint metadata (training steps, metrics).
-    """
-
-    name: str
-    config: dict[str, Any]
-    weights_sha256: str
-    checkpoint: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _centerpoint(config: CenterPointConfig | None) -> nn.Module:
@@ -186,4 +165,4 @@ def _read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.dev
     raise ValueError(f"checkpoint {path}: not a bevkd checkpoint or state dict")
 
 
-__all__ = ["TEACHERS", "TeacherInfo", "build_teacher", "load_teacher", "save_checkpoint", "weights_sha256"]
+__all__ = ["TEACHERS", "build_teacher", "load_teacher", "save_checkpoint", "weights_sha256"]

@@ -2,7 +2,8 @@
 
 Augmentation is the global BEV augmentation of SECOND/CenterPoint (Yan et al. 2018 §2.5;
 mmdet3d ``GlobalRotScaleTrans`` + ``RandomFlip3D``): one rotation about z, one uniform scale
-and random x/y flips applied to points, boxes (centres, sizes, yaw, velocity) and, for camera
+and random x/y flips (:class:`storage.bev_augment.BEVAugConfig`, the sampler the student and the
+cache job use too) applied to points, boxes (centres, sizes, yaw, velocity) and, for camera
 teachers, ``lidar_from_cam`` (the augmented lidar frame is ``A @ p_lidar``).
 """
 
@@ -17,13 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from storage.bev_augment import BEVAugConfig
 from storage.boxes import transform_boxes
 from storage.sample import Sample
 from teachers.input import TeacherInput
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TeacherTrainConfig:
     """Teacher training settings (AdamW; warm-up + cosine LR over the steps or the time budget,
     whichever runs out first, so a time-limited run still ends at a low learning rate).
 
@@ -31,9 +33,8 @@ class TrainConfig:
         epochs: passes over the training samples.
         batch_size: samples per step.
         lr: peak learning rate. weight_decay: AdamW decay. grad_clip: max grad norm (mmdet3d: 35).
-        rot_range: global yaw augmentation, radians (mmdet3d nuScenes: +-0.3925).
-        scale_range: global scale augmentation (mmdet3d: 0.95 .. 1.05).
-        flip: random flips about the x and y axes.
+        bev_aug: the global BEV augmentation (mmdet3d nuScenes CenterPoint: yaw +-0.3925 rad,
+            scale 0.95 .. 1.05, x and y flips with probability 0.5), or None for none.
         image_size: ``(w, h)`` images are resized to (camera teachers), or None (LiDAR only).
         max_seconds: stop early after this much wall time (0 = no limit).
         seed: data order and augmentation.
@@ -44,35 +45,21 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     grad_clip: float = 35.0
-    rot_range: float = 0.3925
-    scale_range: tuple[float, float] = (0.95, 1.05)
-    flip: bool = True
+    bev_aug: BEVAugConfig | None = field(
+        default_factory=lambda: BEVAugConfig(rotation_range=(-0.3925, 0.3925), scale_range=(0.95, 1.05), flip_prob=0.5))
     image_size: tuple[int, int] | None = None
     max_seconds: float = 0.0
     seed: int = 0
 
 
 @dataclass(kw_only=True)
-class TrainResult:
+class TeacherTrainResult:
     """``losses``: total loss per step; ``steps``; ``seconds`` of training wall time; ``stopped_early``."""
 
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     stopped_early: bool = False
-
-
-def bev_augmentation(rng: np.random.Generator, config: TrainConfig) -> np.ndarray:
-    """A random ``(4, 4)`` float64 ``aug_from_lidar``: rotation about z, uniform scale, x/y flips."""
-    yaw = rng.uniform(-config.rot_range, config.rot_range)
-    s = rng.uniform(*config.scale_range)
-    c, si = math.cos(yaw), math.sin(yaw)
-    a = np.eye(4)
-    a[:3, :3] = s * np.array([[c, -si, 0], [si, c, 0], [0, 0, 1.0]])
-    if config.flip:
-        flip = np.diag([1.0 if rng.random() < 0.5 else -1.0, 1.0 if rng.random() < 0.5 else -1.0, 1.0, 1.0])
-        a = flip @ a
-    return a
 
 
 def one_cycle_lr(peak: float, fraction: float, warmup: float = 0.1) -> float:
@@ -103,8 +90,8 @@ def augment_batch(batch: TeacherInput, augs: Sequence[np.ndarray]) -> TeacherInp
                         sample_tokens=batch.sample_tokens)
 
 
-def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TrainConfig,
-                  progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
+def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TeacherTrainConfig,
+                  progress: Callable[[int, int, float], None] | None = None) -> TeacherTrainResult:
     """Train ``model`` (any module with ``loss(TeacherInput) -> losses with .total``) in place.
 
     Args:
@@ -112,14 +99,14 @@ def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TrainConf
         progress: called per step with ``(step, total_steps, loss)``.
 
     Returns:
-        :class:`TrainResult`. The model is left in eval mode.
+        :class:`TeacherTrainResult`. The model is left in eval mode.
     """
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     steps_per_epoch = max(1, math.ceil(len(samples) / config.batch_size))
     total = steps_per_epoch * config.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    result = TrainResult()
+    result = TeacherTrainResult()
     start = time.perf_counter()
 
     def progress_fraction() -> float:  # of steps, or of the time budget when that runs out first
@@ -131,7 +118,8 @@ def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TrainConf
         for i in range(0, len(order), config.batch_size):
             chosen = [samples[j] for j in order[i:i + config.batch_size]]
             batch = TeacherInput.from_samples(chosen, image_size=config.image_size)
-            batch = augment_batch(batch, [bev_augmentation(rng, config) for _ in chosen])
+            if config.bev_aug is not None:
+                batch = augment_batch(batch, [config.bev_aug.sample(rng) for _ in chosen])
             for group in opt.param_groups:
                 group["lr"] = one_cycle_lr(config.lr, progress_fraction())
             loss = model.loss(batch).total
@@ -167,4 +155,4 @@ def predict(model: nn.Module, samples: Sequence[Sample], batch_size: int = 4,
     return out
 
 
-__all__ = ["TrainConfig", "TrainResult", "augment_batch", "bev_augmentation", "predict", "train_teacher"]
+__all__ = ["TeacherTrainConfig", "TeacherTrainResult", "augment_batch", "predict", "train_teacher"]

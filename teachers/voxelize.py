@@ -31,10 +31,8 @@ class Voxels:
 
 def _voxelize_one(points: torch.Tensor, grid: BEVGrid, mode: str, max_points: int, max_voxels: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lo = points.new_tensor(grid.point_cloud_range[:3])
-    vs = points.new_tensor(grid.voxel_size)
     nx, ny, nz = grid.grid_size
-    idx = torch.floor((points[:, :3] - lo) / vs).long()
+    idx = grid.metric_to_voxel(points)  # (N, 3) [ix, iy, iz]
     inside = (idx >= 0).all(1) & (idx[:, 0] < nx) & (idx[:, 1] < ny) & (idx[:, 2] < nz)
     points, idx = points[inside], idx[inside]
     lin = (idx[:, 2] * ny + idx[:, 1]) * nx + idx[:, 0]

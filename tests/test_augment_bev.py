@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from storage.bev_augment import BEVAugConfig, bev_augmentation_matrix
 from storage.boxes import points_in_boxes
 from storage.grid import BEVGrid
-from storage.targets import SampleTargets
-from student.augment import (BEVAugConfig, bev_augmentation_matrix, residual_transform, warp_bev, warp_bev_vectors,
-                             warp_boxes)
+from storage.cache.row import CacheRow
+from student.augment import residual_transform, warp_bev, warp_bev_vectors, warp_boxes
 from student.losses.targets import TeacherTargets
 from teachers.center_targets import build_center_targets
-from teachers.targets import fg_mask_from_boxes
+from teachers.cache_row import fg_mask_from_boxes
 
 GRID = BEVGrid(point_cloud_range=(-16.0, -16.0, -5.0, 16.0, 16.0, 3.0), voxel_size=(1.0, 1.0, 8.0))
 EXACT = {"rot90": bev_augmentation_matrix(rotation=math.pi / 2),
@@ -142,7 +142,7 @@ def test_residual_transform_of_a_cached_view():
 
 def test_teacher_targets_warped_moves_every_field():
     boxes = _boxes().astype(np.float32)
-    rows = [SampleTargets(bev_features={"neck": np.random.default_rng(i).normal(size=(3, 32, 32)).astype(np.float32)},
+    rows = [CacheRow(bev_features={"neck": np.random.default_rng(i).normal(size=(3, 32, 32)).astype(np.float32)},
                           heatmap=np.zeros((10, 32, 32), np.float32), boxes=boxes, scores=np.ones(4, np.float32),
                           labels=np.zeros(4, np.int64), instance_features=np.ones((4, 3), np.float32),
                           fg_mask=fg_mask_from_boxes(boxes, GRID), view_mask=np.ones((6, 32, 32), bool),

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from test_cache_job_support import copy_dataset, make_dataset, manifest_rows, view_mask_flip_check
 
-from pipeline.cache_job import CacheJobConfig, ViewAugmentConfig, augment_sample, lidar_targets, sample_lidar_depth
-from pipeline.cache_plan import TeacherSpec, plan_cache, run_loop
+from pipeline.cache_job import CacheJobConfig, ViewAugmentConfig, augment_sample, job_row
+from pipeline.cache_plan import TeacherSource, plan_cache, run_loop
 from pipeline.cli import main
 from storage.cache import CacheReader
 from storage.cache.verify import verify_cache
 from storage.errors import CacheMismatchError
 from storage.nuscenes_reader import NuScenesReader
-from student.augment import bev_augmentation_matrix
+from storage.bev_augment import bev_augmentation_matrix
 
-TINY = TeacherSpec(name="test_cache_job_support:tiny_bev_teacher")
+TINY = TeacherSource(name="test_cache_job_support:tiny_bev_teacher")
 CONFIG = CacheJobConfig(shard_size=3, batch_size=2, image_size=(320, 180), depth_stride=8)
 
 
@@ -56,7 +56,8 @@ def test_broken_samples_become_failed_rows_with_reasons(dataroot, tmp_path):
     assert (summary.rows_failed, summary.rows_ok) == (4, len(reader) - 4)
     cache = CacheReader(tmp_path / "cache")
     table = cache.rows.to_pydict()
-    failed = {t: e for t, s, e in zip(table["sample_token"], table["status"], table["error"]) if s == "failed"}
+    failed = {t: e for t, s, e in zip(table["sample_token"], table["status"], table["error"], strict=True)
+              if s == "failed"}
     assert set(failed) == set(expected)
     for token, fragment in expected.items():
         assert fragment in failed[token] and token in failed[token]
@@ -70,7 +71,7 @@ def test_rows_the_writer_refuses_fail_with_the_writers_reason(dataroot, tmp_path
     reader = NuScenesReader(dataroot)
     nan_tokens = {t for t in reader.sample_tokens if len(reader.read(t).points) % 2 == 0}
     assert 0 < len(nan_tokens) < len(reader)
-    summary = run_loop(CONFIG, reader, TeacherSpec(name="test_cache_job_support:nan_tiny_bev_teacher"),
+    summary = run_loop(CONFIG, reader, TeacherSource(name="test_cache_job_support:nan_tiny_bev_teacher"),
                        tmp_path / "cache")
     assert summary.rows_failed == len(nan_tokens) and len(summary.errors) == len(nan_tokens)
     assert all("heatmap" in e and any(t in e for t in nan_tokens) for e in summary.errors)
@@ -85,7 +86,7 @@ def test_resume_skips_committed_shards_and_refuses_other_teachers(dataroot, tmp_
     assert (again.rows_written, again.shards_skipped, again.rows_ok) == (0, first.shards_written, len(reader))
     assert {p: p.stat().st_mtime_ns for p in (out / "manifest").glob("*.parquet")} == frags
     with pytest.raises(CacheMismatchError, match="teacher weights"):
-        run_loop(CONFIG, reader, TeacherSpec(name=TINY.name, init_seed=1), out)
+        run_loop(CONFIG, reader, TeacherSource(name=TINY.name, init_seed=1), out)
     with pytest.raises(CacheMismatchError, match="target set"):
         run_loop(replace(CONFIG, targets=("heatmap", "fg_mask")), reader, TINY, out)
     with pytest.raises(CacheMismatchError, match="views/shard size"):
@@ -94,7 +95,7 @@ def test_resume_skips_committed_shards_and_refuses_other_teachers(dataroot, tmp_
                "--shard-size", "3", "--no-ray", "--no-progress"])
     assert rc == 2
     old_sha = CacheReader(out).schema.teacher.weights_sha256
-    redo = run_loop(CONFIG, reader, TeacherSpec(name=TINY.name, init_seed=1), out, overwrite=True)
+    redo = run_loop(CONFIG, reader, TeacherSource(name=TINY.name, init_seed=1), out, overwrite=True)
     assert redo.rows_written == len(reader) and redo.shards_skipped == 0
     assert CacheReader(out).schema.teacher.weights_sha256 != old_sha
     assert len(manifest_rows(out)) == len(reader)
@@ -121,13 +122,16 @@ def test_augmented_view_targets_follow_the_matrix(dataroot):
     sample = NuScenesReader(dataroot).read(0)
     grid = TINY.load()[0].out_grid  # symmetric about x = 0 and y = 0
     wanted = {"fg_mask", "view_mask", "lidar_depth"}
-    base = lidar_targets(sample, grid, CONFIG, wanted, None)
+    base = job_row(None, sample, CONFIG, bev_grid=grid, lidar_targets=wanted)
     flip = bev_augmentation_matrix(flip_x=True)
-    flipped = lidar_targets(augment_sample(sample, flip), grid, CONFIG, wanted, None)
+    flipped = job_row(None, augment_sample(sample, flip), CONFIG, bev_grid=grid, lidar_targets=wanted)
     assert base.view_mask.any() and base.fg_mask.any()
     assert view_mask_flip_check(base.view_mask, flipped.view_mask)
     assert view_mask_flip_check(base.fg_mask, flipped.fg_mask)
     scaled = augment_sample(sample, bev_augmentation_matrix(rotation=0.3, scale=1.05))
+    def sample_lidar_depth(s, config):
+        return job_row(None, s, config, bev_grid=grid, lidar_targets=("lidar_depth",)).lidar_depth
+
     depth = sample_lidar_depth(sample, CONFIG)
     assert (depth > 0).sum() > 100
     np.testing.assert_allclose(sample_lidar_depth(scaled, CONFIG), depth, rtol=1e-5, atol=1e-4)

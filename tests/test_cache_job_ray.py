@@ -15,7 +15,7 @@ import pytest
 from test_cache_job_support import assert_same_caches, copy_dataset, make_dataset, manifest_rows
 
 from pipeline.cache_job import CacheJobConfig
-from pipeline.cache_plan import TeacherSpec, run_loop
+from pipeline.cache_plan import TeacherSource, run_loop
 from pipeline.cli import main
 from pipeline.ray_runner import run_cache_job
 from storage.cache import CacheReader
@@ -46,11 +46,11 @@ def test_ray_job_matches_loop_and_fails_broken_samples(ray_session, dataroot, tm
     out = capsys.readouterr().out
     assert "16 rows ok, 4 failed" in out and "with 2 worker(s)" in out
     config = CacheJobConfig(shard_size=3, views=1, image_size=(320, 180), depth_stride=8)
-    run_loop(config, reader, TeacherSpec(name=TINY), tmp_path / "loop")
+    run_loop(config, reader, TeacherSource(name=TINY), tmp_path / "loop")
     assert assert_same_caches(tmp_path / "ray", tmp_path / "loop") == 20
     table = CacheReader(tmp_path / "ray").rows.to_pydict()
-    failed = {(t, v): e for t, v, s, e in zip(table["sample_token"], table["view"], table["status"], table["error"])
-              if s == "failed"}
+    failed = {(t, v): e for t, v, s, e in zip(table["sample_token"], table["view"], table["status"], table["error"],
+                                              strict=True) if s == "failed"}
     assert set(failed) == {(bad_lidar.sample_token, 0), (bad_lidar.sample_token, 1),
                            (bad_cam.sample_token, 0), (bad_cam.sample_token, 1)}
     assert "LiDAR points truncated" in failed[(bad_lidar.sample_token, 0)] and bad_lidar.lidar_path in failed[
@@ -66,7 +66,7 @@ def test_ray_job_matches_loop_and_fails_broken_samples(ray_session, dataroot, tm
 def test_ray_job_on_the_real_keyframe(ray_session, keyframe_info, tmp_path):
     reader = Mmdet3dInfoReader(keyframe_info)
     config = CacheJobConfig(shard_size=2, views=1, batch_size=2)
-    spec = TeacherSpec(name="centerpoint")
+    spec = TeacherSource(name="centerpoint")
     summary = run_cache_job(config, reader, spec, str(tmp_path / "ray"), progress=False, max_workers=1)
     assert (summary.rows_ok, summary.rows_failed, summary.workers) == (2, 0, 1)
     assert summary.times.teacher > 0 and summary.nbytes > 0
@@ -82,7 +82,7 @@ def test_a_crashed_actor_restarts_and_its_shard_is_retried(ray_session, dataroot
     armed.touch()
     reader = NuScenesReader(dataroot)
     config = CacheJobConfig(shard_size=4, batch_size=2, image_size=(320, 180), depth_stride=8)
-    spec = TeacherSpec(name="test_cache_job_support:crashing_tiny_bev_teacher")
+    spec = TeacherSource(name="test_cache_job_support:crashing_tiny_bev_teacher")
     summary = run_cache_job(config, reader, spec, str(tmp_path / "ray"), progress=False)
     assert not armed.exists()  # a worker process died in its first batched forward
     assert (summary.rows_ok, summary.rows_failed, summary.rows_written) == (10, 0, 10)

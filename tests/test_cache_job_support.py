@@ -138,7 +138,7 @@ def manifest_rows(location: str | Path) -> list[tuple[int, str, int, str]]:
     out = []
     for frag in sorted(Path(location, "manifest").glob("shard-*.parquet")):
         t = pq.read_table(frag).to_pydict()
-        out += list(zip(t["row"], t["sample_token"], t["view"], t["status"]))
+        out += list(zip(t["row"], t["sample_token"], t["view"], t["status"], strict=True))
     return out
 
 

@@ -10,7 +10,7 @@ import zarr
 
 from storage.cache import (CacheReader, CacheSchema, CacheWriter, Codec, DatasetInfo, QuantizedArray, RowResult,
                            TeacherInfo, dequantize, target_specs_for)
-from storage.cache.synthetic import SyntheticTargetsConfig, synthetic_targets
+from synthetic_targets import SyntheticTargetsConfig, synthetic_targets
 from storage.grid import BEVGrid
 
 GRID = BEVGrid(point_cloud_range=(-8, -8, -5, 8, 8, 3), voxel_size=(1, 1, 8))  # BEV 16x16

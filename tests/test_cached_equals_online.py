@@ -1,6 +1,7 @@
-"""Cached = online: the same batch through the cache or through the live teacher gives the same
-distillation losses (exactly with lossless codecs, within the codec's error with the default
-uint8 ones), and warped cached BEV features agree with the teacher run on augmented input.
+"""Cached = online: the same batch through the cache (written by the real cache job, plain loop:
+:func:`kd_cache.write_teacher_cache`) or through the live teacher gives the same distillation
+losses (exactly with lossless codecs, within the codec's error with the default uint8 ones), and
+warped cached BEV features agree with the teacher run on augmented input.
 
 Why a lossless cache for the exact check: the teacher computes float32; the default codecs store
 BEV maps as companded uint8 and even float16 rounds float32 (relative 2^-11), so only float32
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from kd_cache import LOSSLESS, teacher_row, write_teacher_cache
-from student.augment import BEVAugConfig, bev_augmentation_matrix
+from kd_cache import LOSSLESS, write_teacher_cache
+from pipeline.cache_job import augment_sample, teacher_forward
+from storage.bev_augment import BEVAugConfig, bev_augmentation_matrix
 from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, StudentDataset
 from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherTargets
@@ -26,10 +28,10 @@ from student.targets_batch import live_teacher_targets, packed_to_teacher_target
 from storage.cache import CacheReader
 
 CFG = StudentConfig.tiny(simdistill=True)
-IMAGE_WH = (CFG.image_size[1], CFG.image_size[0])
+IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
 ALL = LossWeights(detection=1.0, depth_bce=3.0, dense_feature=1.0, lgkd_feature=1.0, heatmap=1.0, keypoint_response=1.0,
                   instance=0.5, fusion_camera=1.0, fusion_lidar=1.0, fusion_fused=1.0, adversarial=0.1)
-DISTILL = DistillationConfig(weights=ALL, depth_bins=CFG.depth.depth_bins, fusion_teacher=("lidar_bev", "lidar_bev", "neck"),
+DISTILL = DistillationConfig(weights=ALL, fusion_teacher=("lidar_bev", "lidar_bev", "neck"),
                              soft_mask_boxes="teacher", instance_min_score=0.0, pseudo_label_min_score=0.0)
 DATA = DataConfig(bev_aug=BEVAugConfig(), depth_image_size=IMAGE_WH)
 
@@ -59,7 +61,7 @@ def caches(reader, teacher, tmp_path_factory):
 def _losses(reader, teacher, cache, seed: int = 5):
     cached_ds = StudentDataset(reader, CFG, DATA, cache=cache, train=True, seed=seed)
     online_ds = StudentDataset(reader, CFG, DATA, train=True, seed=seed, online_grid=teacher.out_grid)
-    collate = Collate(cached_ds.grid, CFG.image_size)
+    collate = Collate(cached_ds.grid, CFG.image_hw)
     cb, ob = collate([cached_ds[0], cached_ds[3]]), collate([online_ds[0], online_ds[3]])
     assert torch.equal(cb.images, ob.images) and torch.equal(cb.bev_aug, ob.bev_aug)  # the same augmented batch
     cached = packed_to_teacher_targets(cb.targets, "cpu")
@@ -82,7 +84,7 @@ def test_lossless_cache_gives_bit_identical_targets_and_losses(reader, teacher, 
     for name in ("heatmap", "lidar_depth", "fg_mask", "view_mask"):
         assert torch.equal(getattr(cached, name), getattr(online, name)), name
     for name in ("boxes", "scores", "labels", "instance_features"):
-        assert all(torch.equal(x, y) for x, y in zip(getattr(cached, name), getattr(online, name))), name
+        assert all(torch.equal(x, y) for x, y in zip(getattr(cached, name), getattr(online, name), strict=True)), name
     print("\n".join(f"  {k:20s} cached {a[k]:.6g}  online {b[k]:.6g}" for k in a))
     assert set(a) == set(b) and len(a) == 13  # 12 weighted terms (detection is two) + total
     assert all(v != 0.0 for k, v in a.items() if k != "instance") and a == b
@@ -112,7 +114,7 @@ def test_warped_cached_bev_features_agree_with_the_teacher_on_augmented_points(r
     report = []
     for kw in (dict(rotation=0.1), dict(rotation=0.3, scale=0.97, flip_x=True), dict(rotation=np.pi / 2)):
         aug = bev_augmentation_matrix(**kw)
-        live = teacher_row(teacher, sample, image_size=IMAGE_WH, view_matrix=aug)
+        live = teacher_forward(teacher, [augment_sample(sample, aug)]).row(0)  # the teacher on augmented points
         warped = warp_bev_targets(plain, torch.from_numpy(aug)[None])
         c = {k: cos(warped.bev_features[k][0], torch.from_numpy(live.bev_features[k])) for k in ("lidar_bev", "neck")}
         u = {k: cos(plain.bev_features[k][0], torch.from_numpy(live.bev_features[k])) for k in ("lidar_bev", "neck")}

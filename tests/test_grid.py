@@ -125,3 +125,70 @@ def test_serialisation_round_trip_and_same_as():
     assert not g.same_as(_grid())  # frame differs
     assert not g.same_as(_grid(frame="ego", voxel_size=(0.5, 0.5, 0.5)))
     assert g.same_as(_grid(frame="ego", point_cloud_range=(-4.0 + 1e-12, -2.0, -1.0, 4.0, 6.0, 3.0)))
+
+
+@pytest.mark.parametrize("xp", ["numpy", "torch"])
+def test_metric_cell_metric_round_trip_numpy_and_torch(xp):
+    torch = pytest.importorskip("torch")
+    g = _grid()
+    rng = np.random.default_rng(1)
+    lo, hi = np.array(g.point_cloud_range[:2]), np.array(g.point_cloud_range[3:5])
+    xy = rng.uniform(lo, hi, size=(500, 2))
+    arr = torch.from_numpy(xy) if xp == "torch" else xy
+    cells = g.metric_to_cell(arr)
+    cont = g.metric_to_cell_float(arr)
+    back = g.cell_float_to_metric(cont)
+    centres = g.cell_to_metric(cells)
+    if xp == "torch":  # torch in, torch out (same dtype and device)
+        assert isinstance(cells, torch.Tensor) and cells.dtype == torch.int64
+        assert isinstance(back, torch.Tensor) and back.dtype == torch.float64
+        cells, cont, back, centres = (t.numpy() for t in (cells, cont, back, centres))
+    # continuous cells: floor is the cell; hand-computed for one point
+    np.testing.assert_array_equal(np.floor(cont).astype(np.int64), cells)
+    np.testing.assert_allclose(cont[0], [(xy[0, 1] + 2.0) / 0.25, (xy[0, 0] + 4.0) / 0.5])
+    # metric -> continuous cell -> metric is the identity; -> cell -> centre is within half a cell
+    np.testing.assert_allclose(back, xy, atol=1e-12)
+    assert (np.abs(centres - xy) <= np.array(g.voxel_size[:2]) / 2 + 1e-12).all()
+    assert bool(g.cell_in_grid(cells).all())
+    # torch and numpy agree exactly (float64)
+    np.testing.assert_array_equal(g.metric_to_cell(torch.from_numpy(xy)).numpy(), g.metric_to_cell(xy))
+    np.testing.assert_array_equal(g.cell_centers(like=torch.zeros(1)).numpy(), g.cell_centers())
+
+
+def test_metric_to_voxel_and_in_range_take_torch():
+    torch = pytest.importorskip("torch")
+    g = _grid()
+    pts = np.array([[-4.0, -2.0, -1.0], [3.99, 5.99, 2.99], [0.26, 0.3, 0.6], [4.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(g.metric_to_voxel(pts), [[0, 0, 0], [15, 31, 7], [8, 9, 3], [16, 8, 2]])
+    np.testing.assert_array_equal(g.metric_to_voxel(torch.from_numpy(pts).float()).numpy(), g.metric_to_voxel(pts))
+    assert g.in_range(torch.from_numpy(pts)).tolist() == [True, True, True, False]
+
+
+def test_grid_sample_at_cell_centres_returns_the_cell_values():
+    torch = pytest.importorskip("torch")
+    g = _grid()  # 32 x 16 cells, non-square, so x / y mix-ups fail
+    h, w = g.bev_shape
+    maps = torch.arange(2 * h * w, dtype=torch.float64).reshape(1, 2, h, w)
+    centres = g.cell_centers(like=maps)  # (H, W, 2)
+    coords = g.grid_sample_coords(centres)[None]  # (1, H, W, 2)
+    for mode in ("bilinear", "nearest"):
+        out = torch.nn.functional.grid_sample(maps, coords, mode=mode, align_corners=False)
+        torch.testing.assert_close(out, maps, rtol=0, atol=1e-9)
+    # the range edges are -1 / +1 (align_corners=False), numpy gives the same numbers
+    edges = np.array([[-4.0, -2.0], [4.0, 6.0], [0.0, 2.0]])
+    np.testing.assert_allclose(g.grid_sample_coords(edges), [[-1, -1], [1, 1], [0, 0]])
+    np.testing.assert_allclose(g.grid_sample_coords(torch.from_numpy(edges)).numpy(), g.grid_sample_coords(edges))
+    # a point one cell right of cell (3, 5)'s centre reads cell (3, 6)
+    p = g.cell_to_metric(np.array([[3, 5]])) + np.array([[0.5, 0.0]])
+    val = torch.nn.functional.grid_sample(maps, g.grid_sample_coords(torch.from_numpy(p)).view(1, 1, 1, 2),
+                                          align_corners=False)
+    assert float(val[0, 0, 0, 0]) == float(maps[0, 0, 3, 6])
+
+
+def test_storage_grid_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, storage.grid, storage.bev_augment; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -14,7 +14,7 @@ from nuscenes.utils.geometry_utils import view_points
 
 from storage.boxes import box_corners, count_points_in_boxes
 from storage.mmdet3d_reader import Mmdet3dInfoReader
-from storage.projection import project_points
+from projection import project_points
 from storage.safe_pickle import safe_load
 from storage.transforms import apply_transform
 

@@ -29,7 +29,7 @@ def _batch(cfg: StudentConfig) -> StudentBatch:
         lfc[:, i, 2, 3], lfc[:, i, 3, 3] = 1.5, 1.0
     boxes = [torch.tensor([[12.0, 3.0, 0.0, 4.5, 1.9, 1.6, 0.2, 1.0, 0.0]]),
              torch.tensor([[5.0, -18.0, 0.0, 10.0, 2.8, 3.0, -0.5, 0.0, 0.0]])]
-    return StudentBatch(images=torch.randn(2, 6, 3, *cfg.image_size, generator=torch.Generator().manual_seed(0)),
+    return StudentBatch(images=torch.randn(2, 6, 3, *cfg.image_hw, generator=torch.Generator().manual_seed(0)),
                         cam_intrinsic=k.clone(), lidar_from_cam=lfc, img_aug=torch.eye(3).expand(2, 6, 3, 3).clone(),
                         gt_boxes=boxes, gt_labels=[torch.tensor([0]), torch.tensor([3])])
 
@@ -57,7 +57,7 @@ def _setup(teacher_stride: int = 8):
     tgrid = DEMO_GRID.with_stride(teacher_stride)
     out, extra = _teacher(tgrid, cfg.depth.num_depth_bins, cfg.feature_size)
     spec = TeacherSpec(bev_grid=tgrid, bev_channels=CHANNELS, instance_channels=24)
-    loss = DistillationLoss.for_student(DistillationConfig(weights=ALL, depth_bins=cfg.depth.depth_bins,
+    loss = DistillationLoss.for_student(DistillationConfig(weights=ALL,
                                                            soft_mask_boxes="teacher"), model, spec)
     return cfg, model, loss, out, extra
 
@@ -67,7 +67,7 @@ def test_cached_targets_give_the_same_losses_as_the_live_teacher():
     online = TeacherTargets.from_teacher_output(out, **extra)
     rows = []
     for i in range(2):
-        row = out.sample_targets(i)  # what the cache job writes, as numpy
+        row = out.row(i)  # what the cache job writes, as numpy
         row.fg_mask, row.view_mask = extra["fg_mask"][i].numpy(), extra["view_mask"][i].numpy()
         row.lidar_depth = extra["lidar_depth"][i].numpy()
         rows.append(row)
@@ -105,7 +105,7 @@ def test_weights_scale_terms_linearly():
     batch = _batch(cfg)
     model.eval()
     double = DistillationLoss.for_student(
-        DistillationConfig(weights=LossWeights(detection=0.0, depth_bce=6.0, heatmap=2.0), depth_bins=cfg.depth.depth_bins),
+        DistillationConfig(weights=LossWeights(detection=0.0, depth_bce=6.0, heatmap=2.0)),
         model, loss.teacher)
     with torch.no_grad():
         s = model(batch)
@@ -158,3 +158,26 @@ def test_teacher_pseudo_labels_replace_ground_truth():
 
 def loss_spec(out: TeacherOutput) -> TeacherSpec:
     return TeacherSpec(bev_grid=out.bev_grid, bev_channels=CHANNELS, instance_channels=24)
+
+
+def test_depth_bins_come_from_the_student_and_a_mismatch_raises():
+    """Issue 10's silent bug: the BCE targets must use the student's depth bins (the tiny
+    student bins 2 m, the loss's old default was 0.5 m), and a depth net / loss disagreement raises."""
+    from student.config import DepthConfig
+    from student.losses.depth import DepthBCELoss
+
+    torch.manual_seed(0)
+    cfg = StudentConfig.tiny()
+    model = StudentModel(cfg)
+    loss = DistillationLoss.for_student(DistillationConfig(weights=LossWeights(detection=0.0, depth_bce=3.0)), model)
+    assert loss.depth_bce.depth_bins == cfg.depth.depth_bins == (2.0, 58.0, 2.0)
+    assert loss.depth_bce.num_bins == cfg.depth.num_depth_bins == model.depth_net.depth[-1].out_channels == 28
+    assert "depth_bins" not in DistillationConfig().to_dict()  # one source: the student's DepthConfig
+    old = {**DistillationConfig().to_dict(), "depth_bins": [2.0, 58.0, 0.5]}  # an older checkpoint's dict
+    assert DistillationConfig.from_dict(old) == DistillationConfig()
+    # a loss built for other bins than the student's depth net refuses its output
+    other = DepthBCELoss(DepthConfig(depth_bins=(2.0, 58.0, 0.5)).depth_bins)
+    probs = torch.full((1, 6, cfg.depth.num_depth_bins, *cfg.feature_size), 1.0 / cfg.depth.num_depth_bins)
+    with pytest.raises(ValueError, match="28 bins.*give 112"):
+        other(probs, torch.zeros(1, 6, *cfg.feature_size))
+    assert torch.isfinite(loss.depth_bce(probs, torch.full((1, 6, *cfg.feature_size), 7.0)))

@@ -15,7 +15,7 @@ from pipeline.cli import main
 from storage.boxes import count_points_in_boxes, points_in_boxes
 from storage.errors import SampleError
 from storage.nuscenes_reader import NuScenesReader
-from storage.projection import project_points
+from projection import project_points
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES
 from storage.synth.scene import CLASS_SPECS
 
@@ -231,7 +231,7 @@ def test_table_level_dangling_reference_names_the_table(broken):
 def _reader_parser():
     import argparse
 
-    from storage.readers import add_reader_arguments
+    from pipeline.dataset_args import add_reader_arguments
 
     parser = argparse.ArgumentParser()
     add_reader_arguments(parser)
@@ -239,7 +239,7 @@ def _reader_parser():
 
 
 def test_reader_from_args_nuscenes(synth_dataroot):
-    from storage.readers import reader_from_args
+    from pipeline.dataset_args import reader_from_args
 
     parser = _reader_parser()
     nus = reader_from_args(parser.parse_args(["--dataroot", str(synth_dataroot), "--split", "mini_train"]))
@@ -251,7 +251,7 @@ def test_reader_from_args_nuscenes(synth_dataroot):
 
 
 def test_reader_from_args_mmdet3d(keyframe_info):
-    from storage.readers import reader_from_args
+    from pipeline.dataset_args import reader_from_args
 
     mm = reader_from_args(_reader_parser().parse_args(["--info", str(keyframe_info)]))
     assert mm.dataset_id.startswith("mmdet3d:") and len(mm) == 1

@@ -12,14 +12,15 @@ from kd_cache import write_teacher_cache
 from storage.cache import CacheReader, QuantizedArray
 from storage.errors import CacheMismatchError
 from storage.nuscenes_reader import NuScenesReader
-from student.augment import BEVAugConfig, bev_augmentation_matrix, warp_depth
+from storage.bev_augment import BEVAugConfig, bev_augmentation_matrix
+from student.augment import warp_depth
 from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, ImageAugConfig, StudentDataset, open_cache
 from student.targets_batch import align_targets, packed_to_teacher_targets, unpack_targets
-from teachers.targets import fg_mask_from_boxes, lidar_depth_maps
+from teachers.cache_row import fg_mask_from_boxes, lidar_depth_maps
 
 CFG = StudentConfig.tiny()
-IMAGE_WH = (CFG.image_size[1], CFG.image_size[0])
+IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,9 +45,9 @@ def cache(reader, teacher, tmp_path_factory):
 
 def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, cache):
     ds = StudentDataset(reader, CFG, DataConfig(bev_aug=None, image_aug=None), cache=cache, train=False)
-    collate = Collate(ds.grid, CFG.image_size)
+    collate = Collate(ds.grid, CFG.image_hw)
     batch = next(iter(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)))
-    assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 6, 3, *CFG.image_size)
+    assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 6, 3, *CFG.image_hw)
     neck = batch.targets.dense["bev_features/neck"]
     assert isinstance(neck, QuantizedArray) and neck.data.dtype == torch.uint8 and neck.power == 2
     float_bytes = sum((v.data if isinstance(v, QuantizedArray) else v).numel() * 4 for v in batch.targets.dense.values())
@@ -74,7 +75,7 @@ def test_bev_augmentation_moves_masks_boxes_and_maps_with_the_student(reader, ca
     a = bev_augmentation_matrix(rotation=0.5, scale=1.04, flip_x=True, flip_y=True)
     np.testing.assert_allclose(item.bev_aug, a, atol=1e-6)
     np.testing.assert_allclose(item.residual_bev, a, atol=1e-9)  # one view: the residual is the augmentation
-    t = packed_to_teacher_targets(Collate(ds.grid, CFG.image_size)([item]).targets, "cpu")
+    t = packed_to_teacher_targets(Collate(ds.grid, CFG.image_hw)([item]).targets, "cpu")
     sample = reader.read(item.sample_token)
     expected = fg_mask_from_boxes(item.gt_boxes, ds.grid)  # mask recomputed from the augmented GT boxes
     got = t.fg_mask[0].numpy()
@@ -94,7 +95,7 @@ def test_image_augmentation_moves_the_cached_depth_like_a_fresh_projection(reade
     data = DataConfig(bev_aug=None, image_aug=ImageAugConfig(resize_jitter=(0.1, 0.1), crop_up=0.0, flip_prob=1.0))
     ds = StudentDataset(reader, CFG, data, cache=cache, train=True, seed=1)
     item = ds[2]
-    t = packed_to_teacher_targets(Collate(ds.grid, CFG.image_size)([item]).targets, "cpu")
+    t = packed_to_teacher_targets(Collate(ds.grid, CFG.image_hw)([item]).targets, "cpu")
     sample = reader.read(item.sample_token)
     direct = lidar_depth_maps(sample.points, item.img_aug.astype(np.float64) @ item.cam_intrinsic,
                               item.lidar_from_cam, IMAGE_WH, 16)
@@ -109,15 +110,15 @@ def test_image_augmentation_moves_the_cached_depth_like_a_fresh_projection(reade
           f"unwarped {close_u.mean():.3f} of {both_u.sum()}")
     # 16-px cells re-binned through a resize + crop + flip cannot all agree; a wrong transform agrees far less
     assert both.sum() >= 10 and close.mean() > 0.6 and close.mean() > close_u.mean() + 0.25
-    raw = unpack_targets(Collate(ds.grid, CFG.image_size)([item]).targets, "cpu")
+    raw = unpack_targets(Collate(ds.grid, CFG.image_hw)([item]).targets, "cpu")
     flip = torch.tensor([[-1.0, 0.0, IMAGE_WH[0]], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     flipped = align_targets(raw, None, flip.expand(1, 6, 3, 3), CFG.feature_size, 16.0)
     torch.testing.assert_close(flipped.lidar_depth, raw.lidar_depth.flip(-1), rtol=0, atol=0)  # cell-exact
 
 
 def test_multi_view_cache_draws_views_and_applies_only_the_residual(reader, teacher, tmp_path):
-    views = [np.eye(4), bev_augmentation_matrix(rotation=0.3, flip_y=True)]
-    cache = write_teacher_cache(tmp_path / "kv", reader, teacher, image_size=IMAGE_WH, view_matrices=views)
+    cache = write_teacher_cache(tmp_path / "kv", reader, teacher, image_size=IMAGE_WH, views=1)
+    views = [CacheReader(cache).read(reader.sample_tokens[0], view=v).view_matrix for v in range(2)]  # the job's draws
     ds = StudentDataset(reader, CFG, DataConfig(bev_aug=None, image_aug=None), cache=cache, train=True, seed=0)
     drawn = set()
     for epoch in range(6):
@@ -126,7 +127,7 @@ def test_multi_view_cache_draws_views_and_applies_only_the_residual(reader, teac
         view = int(np.argmin([np.abs(item.bev_aug - v).max() for v in views]))
         drawn.add(view)
         np.testing.assert_allclose(item.residual_bev, np.eye(4), atol=1e-6)  # student takes the view's augmentation
-        t = unpack_targets(Collate(ds.grid, CFG.image_size)([item]).targets, "cpu")
+        t = unpack_targets(Collate(ds.grid, CFG.image_hw)([item]).targets, "cpu")
         stored = CacheReader(cache).read(item.sample_token, view=view).bev_features["neck"]
         np.testing.assert_allclose(t.bev_features["neck"][0].numpy(), stored, atol=1e-6)
     assert drawn == {0, 1}
@@ -158,7 +159,7 @@ def test_real_keyframe_augmented_cameras_and_depth_overlay(keyframe_info, artefa
     from storage.mmdet3d_reader import Mmdet3dInfoReader
 
     reader = Mmdet3dInfoReader(keyframe_info)
-    cfg = StudentConfig(image_size=(256, 704))
+    cfg = StudentConfig(image_hw=(256, 704))
     data = DataConfig(image_aug=ImageAugConfig(resize_jitter=(0.05, 0.05), crop_up=0.1, flip_prob=1.0), depth_stride=8)
     item = StudentDataset(reader, cfg, data, train=True, seed=0)[0]
     sample = reader.read(0)
@@ -177,7 +178,7 @@ def test_real_keyframe_augmented_cameras_and_depth_overlay(keyframe_info, artefa
     img = Image.fromarray(item.images[0].transpose(1, 2, 0).copy())
     draw = ImageDraw.Draw(img)
     rows, cols = np.nonzero(depth[0])
-    for r, c in zip(rows, cols):
+    for r, c in zip(rows, cols, strict=True):
         d = float(depth[0, r, c])
         color = (int(255 * min(d / 40, 1)), int(255 * (1 - min(d / 40, 1))), 0)
         draw.ellipse([c * 8 + 2, r * 8 + 2, c * 8 + 6, r * 8 + 6], fill=color)

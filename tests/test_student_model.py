@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from storage.grid import BEVGrid
-from student.augment import bev_augmentation_matrix, image_augmentation_matrix
+from storage.bev_augment import bev_augmentation_matrix
+from student.augment import image_augmentation_matrix
 from student.config import StudentConfig
 from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherSpec, TeacherTargets
 from student.model import StudentBatch, StudentModel
-from student.model.lss import frustum_points, voxel_pool
-from teachers.targets import lidar_depth_maps
+from teachers.lss import frustum_points, voxel_pool
+from teachers.cache_row import lidar_depth_maps
 
 
 def ring_rig(b: int, k_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +48,7 @@ def tiny_batch(b: int = 2, seed: int = 0) -> StudentBatch:
 def test_frustum_centre_ray_by_hand():
     k, lfc = ring_rig(1)
     k[0, 0, 0, 2], k[0, 0, 1, 2] = 8.0 + 16 * 5, 8.0 + 16 * 2  # principal point on feature cell (2, 5)
-    pts = frustum_points(k, lfc, torch.eye(3).expand(1, 6, 3, 3), (4, 11), 16, torch.tensor([10.0, 20.0]))
+    pts = frustum_points(k, lfc, (4, 11), 16, torch.tensor([10.0, 20.0]), img_aug=torch.eye(3).expand(1, 6, 3, 3))
     assert pts.shape == (1, 6, 2, 4, 11, 3)
     assert pts[0, 0, 1, 2, 5].tolist() == pytest.approx([20.0, 0.0, 1.5], abs=1e-5)  # CAM_FRONT looks along +x
     c, s = math.cos(math.pi / 3), math.sin(math.pi / 3)
@@ -62,12 +63,12 @@ def test_frustum_accounts_for_image_resize_crop_flip():
     depths = torch.tensor([5.0, 30.0])
     a = torch.from_numpy(image_augmentation_matrix(resize=0.5, crop=(0.0, 0.0))).float()
     # a half-size image with img_aug = resize(0.5) sees the same rays as a camera with halved intrinsics
-    aug = frustum_points(k, lfc, a.expand(1, 6, 3, 3), (2, 5), 16, depths)
-    direct = frustum_points(a @ k, lfc, torch.eye(3).expand(1, 6, 3, 3), (2, 5), 16, depths)
+    aug = frustum_points(k, lfc, (2, 5), 16, depths, img_aug=a.expand(1, 6, 3, 3))
+    direct = frustum_points(a @ k, lfc, (2, 5), 16, depths, img_aug=torch.eye(3).expand(1, 6, 3, 3))
     assert torch.allclose(aug, direct, atol=1e-4)
     f = torch.from_numpy(image_augmentation_matrix(flip=True, out_width=176)).float()
-    flipped = frustum_points(k, lfc, f.expand(1, 6, 3, 3), (4, 11), 16, depths)
-    plain = frustum_points(k, lfc, torch.eye(3).expand(1, 6, 3, 3), (4, 11), 16, depths)
+    flipped = frustum_points(k, lfc, (4, 11), 16, depths, img_aug=f.expand(1, 6, 3, 3))
+    plain = frustum_points(k, lfc, (4, 11), 16, depths, img_aug=torch.eye(3).expand(1, 6, 3, 3))
     assert torch.allclose(flipped, plain.flip(4), atol=1e-4)  # flipped columns see mirrored rays
 
 
@@ -75,8 +76,9 @@ def test_frustum_applies_the_bev_augmentation():
     k, lfc = ring_rig(1)
     a = bev_augmentation_matrix(rotation=0.4, scale=1.05, flip_y=True)
     eye = torch.eye(3).expand(1, 6, 3, 3)
-    plain = frustum_points(k, lfc, eye, (4, 11), 16, torch.tensor([7.0]))
-    moved = frustum_points(k, lfc, eye, (4, 11), 16, torch.tensor([7.0]), torch.from_numpy(a)[None].float())
+    plain = frustum_points(k, lfc, (4, 11), 16, torch.tensor([7.0]), img_aug=eye)
+    moved = frustum_points(k, lfc, (4, 11), 16, torch.tensor([7.0]), img_aug=eye,
+                           bev_aug=torch.from_numpy(a)[None].float())
     expected = plain @ torch.from_numpy(a[:3, :3]).float().T + torch.from_numpy(a[:3, 3]).float()
     assert torch.allclose(moved, expected, atol=1e-4)
 
@@ -124,7 +126,7 @@ def test_config_round_trips_through_json_and_rejects_bad_inputs():
     cfg = StudentConfig.tiny(simdistill=True)
     assert StudentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="divisible"):
-        StudentConfig(image_size=(60, 176))
+        StudentConfig(image_hw=(60, 176))
     batch = tiny_batch(1)
     batch.images = batch.images[..., :32, :]
     with pytest.raises(ValueError, match="do not match config"):
@@ -148,7 +150,7 @@ def test_overfit_a_fixed_batch():
     targets = TeacherTargets(bev_grid=cfg.bev_grid, bev_features={"neck": torch.randn(2, 24, 32, 32)},
                              heatmap=torch.rand(2, 10, 32, 32) * 0.2, lidar_depth=_lidar_depth(batch))
     weights = LossWeights(detection=1.0, depth_bce=3.0, dense_feature=1.0, heatmap=1.0)
-    loss_fn = DistillationLoss.for_student(DistillationConfig(weights=weights, depth_bins=cfg.depth.depth_bins),
+    loss_fn = DistillationLoss.for_student(DistillationConfig(weights=weights),
                                            model, spec)
     opt = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=3e-3)
     history = []

@@ -9,10 +9,10 @@ import pytest
 
 from storage.boxes import box_corners, count_points_in_boxes
 from storage.grid import BEVGrid
-from storage.projection import project_points
+from projection import project_points
 from storage.sample import CAMERA_NAMES, CameraInfo
-from teachers.targets import (build_lidar_targets, fg_mask_from_boxes, fg_mask_from_points, gaussian_fg_heatmap,
-                              lidar_depth_maps, scaled_cameras, view_masks)
+from teachers.cache_row import (build_cache_row, fg_mask_from_boxes, fg_mask_from_points, gaussian_fg_heatmap,
+                                lidar_depth_maps, scaled_cameras, view_masks)
 
 GRID = BEVGrid(point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), voxel_size=(0.8, 0.8, 8.0))  # 128 x 128
 IMAGE_SIZE = (704, 396)  # 1600x900 scaled by 0.44
@@ -32,7 +32,7 @@ def test_boxes_with_points_cover_foreground_cells(sample):
     heat = gaussian_fg_heatmap(sample.gt_boxes, sample.gt_labels, GRID)
     in_range = GRID.in_range(sample.gt_boxes)
     checked = 0
-    for box, n, ok in zip(sample.gt_boxes, counts, in_range):
+    for box, n, ok in zip(sample.gt_boxes, counts, in_range, strict=True):
         if n == 0 or not ok:
             continue
         r, c = GRID.metric_to_cell(box[None, :2])[0]
@@ -65,7 +65,7 @@ def test_depth_maps_are_min_projected_depth_per_cell(sample):
     for i in range(6):
         proj = project_points(sample.points, _camera(sample, i))
         best: dict[tuple[int, int], float] = defaultdict(lambda: np.inf)
-        for (u, v), d in zip(proj.uv, proj.depth):
+        for (u, v), d in zip(proj.uv, proj.depth, strict=True):
             key = (int(v // stride), int(u // stride))
             if key[0] < depth.shape[1] and key[1] < depth.shape[2]:
                 best[key] = min(best[key], d)
@@ -97,8 +97,8 @@ def test_view_masks_overlap_only_where_frusta_do(sample):
     assert not (masks[CAMERA_NAMES.index("CAM_FRONT")] & masks[CAMERA_NAMES.index("CAM_BACK")]).any()
 
 
-def test_build_lidar_targets_and_pngs(sample, artefacts):
-    t = build_lidar_targets(sample, GRID, depth_stride=8, image_size=IMAGE_SIZE)
+def test_build_cache_row_lidar_part_and_pngs(sample, artefacts):
+    t = build_cache_row(None, sample, bev_grid=GRID, depth_stride=8, image_wh=IMAGE_SIZE)
     assert t.fg_mask.shape == GRID.bev_shape and t.fg_mask.dtype == bool
     assert t.view_mask.shape == (6, *GRID.bev_shape) and t.lidar_depth.shape == (6, 49, 88)
     _write_pngs(sample, t, artefacts)

@@ -89,7 +89,7 @@ def test_teacher_on_real_keyframe(keyframe_sample):
     centre = torch.from_numpy(cfg.out_grid.cell_to_metric(rc[None])).float()
     at_centre = sample_bev(out.bev_features["neck"], cfg.out_grid, [centre])[0][0]
     torch.testing.assert_close(at_centre, out.bev_features["neck"][0, :, rc[0], rc[1]])
-    st = out.sample_targets(0)
+    st = out.row(0)
     assert st.heatmap.shape == (10, h, w) and st.boxes.shape == (m, 9)
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from storage.grid import DEMO_GRID
-from storage.projection import project_points
+from projection import project_points
 from storage.sample import CameraInfo
-from teachers.camera_branch import frustum_points, splat
 from teachers.config import config_to_dict
 from teachers.fusion import BEVFusionTeacher, fusion_config_from_dict, fusion_tiny
 from teachers.input import TeacherInput
-from teachers.targets import view_masks
+from teachers.lss import frustum_points, splat
+from teachers.cache_row import view_masks
 
 IMAGE_SIZE = (352, 192)  # divisible by the feature stride 16
 

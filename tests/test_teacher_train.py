@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from storage.bev_augment import BEVAugConfig
 from storage.boxes import count_points_in_boxes
 from teachers.input import TeacherInput
-from teachers.train import TrainConfig, augment_batch, bev_augmentation, one_cycle_lr, predict
+from teachers.train import TeacherTrainConfig, augment_batch, one_cycle_lr, predict
 
 DEMO_CKPT = Path(__file__).resolve().parents[1] / "teachers" / "checkpoints" / "centerpoint_demo.pt"
 #: The demo checkpoint must stay above this devkit mAP on generated mini_val (an untrained model scores ~0).
@@ -25,10 +26,10 @@ def test_augmentation_keeps_points_inside_their_boxes():
     before = count_points_in_boxes(pts, boxes)
     batch = TeacherInput(points=[torch.from_numpy(pts)], gt_boxes=[torch.from_numpy(boxes).float()],
                          gt_labels=[torch.tensor([0, 8])])
-    cfg = TrainConfig(rot_range=1.0, scale_range=(0.8, 1.2), flip=True)
+    cfg = TeacherTrainConfig(bev_aug=BEVAugConfig(rotation_range=(-1.0, 1.0), scale_range=(0.8, 1.2), flip_prob=0.5))
     flipped = 0
     for _ in range(8):
-        aug = bev_augmentation(rng, cfg)
+        aug = cfg.bev_aug.sample(rng)
         flipped += np.linalg.det(aug[:3, :3]) < 0
         out = augment_batch(batch, [aug])
         after = count_points_in_boxes(out.points[0].numpy(), out.gt_boxes[0].numpy().astype(np.float64))

@@ -21,7 +21,7 @@ from student.model import StudentModel
 from student.trainer import TrainConfig, train_student
 
 CFG = StudentConfig.tiny()
-IMAGE_WH = (CFG.image_size[1], CFG.image_size[0])
+IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,8 +8,7 @@ a ``replace``), and chunks are decoded in the calling thread.
 
 Formats (Zarr v3 spec; the layout :mod:`storage.cache.layout` creates):
 
-* shard index at the end of the shard: ``S`` pairs of little-endian uint64 ``(offset, nbytes)``,
-  ``2**64 - 1`` for an absent chunk, followed by the little-endian uint32 crc32c of those bytes;
+* shard index at the end of the shard: :class:`~storage.cache.shard_index.ShardIndex`;
 * chunk: C-order little-endian bytes, then either a Zstd frame with a content checksum
   (verified by libzstd on decompression) or the raw bytes followed by their crc32c.
 """
@@ -18,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import google_crc32c
 import numpy as np
+import numpy.typing as npt
 from numcodecs import Zstd
-from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 
-_EMPTY = 2 ** 64 - 1
+from storage.cache._zarr_private import Buffer, default_buffer_prototype, sync
+from storage.cache.shard_index import ShardIndex, ShardIndexError
+
 _ZSTD = Zstd()
 
 
@@ -41,21 +40,14 @@ class ChunkRequest:
     shape: tuple[int, ...]
     dtype: str
     zstd: bool
-    out: np.ndarray | None = field(default=None, compare=False)
+    out: npt.NDArray[np.generic] | None = field(default=None, compare=False)
 
 
 class ChunkError(Exception):
     """A chunk is missing or fails its checksum / decoding (the reader adds sample and target)."""
 
 
-def _parse_index(tail: bytes, shard_size: int) -> np.ndarray:
-    body, crc = tail[:-4], int.from_bytes(tail[-4:], "little")
-    if len(body) != shard_size * 16 or int(google_crc32c.value(body)) != crc:
-        raise ChunkError("shard index fails its crc32c")
-    return np.frombuffer(body, dtype="<u8").reshape(shard_size, 2)
-
-
-def _decode(raw: bytes, req: ChunkRequest) -> np.ndarray:
+def _decode(raw: bytes, req: ChunkRequest) -> npt.NDArray[np.generic]:
     out = req.out if req.out is not None else np.empty(req.shape, dtype=np.dtype(req.dtype).newbyteorder("<"))
     if req.zstd:
         try:
@@ -80,20 +72,20 @@ class ChunkFetcher:
     def __init__(self, store: Store, shard_size: int) -> None:
         self.store = store
         self.shard_size = shard_size
-        self._index: dict[str, np.ndarray] = {}
+        self._index: dict[str, ShardIndex] = {}
 
     def clear(self) -> None:
         """Forget cached shard indexes (after shards were rewritten)."""
         self._index.clear()
 
-    def _get_all(self, requests: list[tuple[str, Any]]) -> list[bytes | None]:
+    def _get_all(self, requests: list[tuple[str, ByteRequest]]) -> list[bytes | None]:
         proto = default_buffer_prototype()
 
-        async def run() -> list[Any]:
+        async def run() -> list[Buffer | None]:
             return await asyncio.gather(*(self.store.get(k, prototype=proto, byte_range=r) for k, r in requests))
         return [None if b is None else b.to_bytes() for b in sync(run())]
 
-    def fetch(self, requests: list[ChunkRequest]) -> list[np.ndarray | ChunkError]:
+    def fetch(self, requests: list[ChunkRequest]) -> list[npt.NDArray[np.generic] | ChunkError]:
         """Decoded chunk arrays (writable; ``request.out`` when given) or the error of each
         request, in order.
 
@@ -107,25 +99,26 @@ class ChunkFetcher:
                                  f"{tuple(r.shape)} {r.dtype} array, got {r.out.shape} {r.out.dtype}")
         errors: dict[str, ChunkError] = {}
         missing = sorted({r.key for r in requests if r.key not in self._index})
-        tails = self._get_all([(k, SuffixByteRequest(self.shard_size * 16 + 4)) for k in missing])
-        for key, tail in zip(missing, tails):
+        tails = self._get_all([(k, SuffixByteRequest(ShardIndex.nbytes(self.shard_size))) for k in missing])
+        for key, tail in zip(missing, tails, strict=True):
+            if tail is None:
+                errors[key] = ChunkError("shard key does not exist")
+                continue
             try:
-                if tail is None:
-                    raise ChunkError("shard key does not exist")
-                self._index[key] = _parse_index(tail, self.shard_size)
-            except ChunkError as e:
-                errors[key] = e
-        out: list[np.ndarray | ChunkError] = [errors.get(r.key, ChunkError("")) for r in requests]
-        todo = []
+                self._index[key] = ShardIndex.from_bytes(tail, self.shard_size)
+            except ShardIndexError as e:
+                errors[key] = ChunkError(str(e))
+        out: list[npt.NDArray[np.generic] | ChunkError] = [errors.get(r.key, ChunkError("")) for r in requests]
+        todo: list[tuple[int, ChunkRequest, ByteRequest]] = []
         for i, r in enumerate(requests):
             if r.key in errors:
                 continue
-            offset, nbytes = (int(v) for v in self._index[r.key][r.local])
-            if offset == _EMPTY:
+            byte_range = self._index[r.key].chunk_range(r.local)
+            if byte_range is None:
                 out[i] = ChunkError(f"chunk {r.local} is absent from the shard index")
             else:
-                todo.append((i, r, RangeByteRequest(offset, offset + nbytes)))
-        for (i, r, _), raw in zip(todo, self._get_all([(r.key, rng) for _, r, rng in todo])):
+                todo.append((i, r, RangeByteRequest(*byte_range)))
+        for (i, r, _), raw in zip(todo, self._get_all([(r.key, rng) for _, r, rng in todo]), strict=True):
             try:
                 if raw is None:
                     raise ChunkError("shard key vanished while reading")

@@ -30,7 +30,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
+from storage.arrays import AnyDtypeArray
 from storage.cache.schema import Codec, TargetSpec
 
 _FP16_MAX = 65504.0
@@ -80,7 +82,7 @@ def dequantize(q: QuantizedArray) -> Any:
     return x * scale + offset
 
 
-def quantize_per_channel(x: np.ndarray) -> QuantizedArray:
+def quantize_per_channel(x: npt.NDArray[np.floating[Any]]) -> QuantizedArray:
     """Per-channel (axis 0) affine uint8 quantisation with 0.0 exactly representable.
 
     Args:
@@ -102,7 +104,7 @@ def quantize_per_channel(x: np.ndarray) -> QuantizedArray:
     return QuantizedArray(codes.astype(np.uint8).reshape(x.shape), scale, offset)
 
 
-def quantize_sqrt_per_channel(x: np.ndarray) -> QuantizedArray:
+def quantize_sqrt_per_channel(x: npt.NDArray[np.floating[Any]]) -> QuantizedArray:
     """Per-channel (axis 0) square-root companded uint8 (``power=2``); the minimum is exact.
 
     Args:
@@ -124,7 +126,7 @@ def quantize_sqrt_per_channel(x: np.ndarray) -> QuantizedArray:
     return QuantizedArray(codes.astype(np.uint8).reshape(x.shape), scale, lo.astype(np.float32), 2)
 
 
-def to_float16(x: np.ndarray) -> np.ndarray:
+def to_float16(x: AnyDtypeArray) -> npt.NDArray[np.float16]:
     """``x.astype(np.float16)`` bit for bit (IEEE round to nearest even), fast for small values.
 
     NumPy converts values that become float16 subnormals (``|x| < 2**-14``, common in untrained
@@ -171,12 +173,12 @@ def component_codec(spec: TargetSpec, component: str) -> Codec:
     return spec.codec if component == "data" else Codec(kind="float32", zstd_level=None)
 
 
-def _check_shape(spec: TargetSpec, x: np.ndarray, shape: tuple[int, ...]) -> None:
+def _check_shape(spec: TargetSpec, x: AnyDtypeArray, shape: tuple[int, ...]) -> None:
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"target {spec.name}: expected shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
-def _check_finite(spec: TargetSpec, x: np.ndarray, limit: float | None = None) -> None:
+def _check_finite(spec: TargetSpec, x: AnyDtypeArray, limit: float | None = None) -> None:
     if not x.size:
         return
     lo, hi = float(x.min()), float(x.max())  # NaN propagates through min/max; +-inf shows in one of them
@@ -186,7 +188,7 @@ def _check_finite(spec: TargetSpec, x: np.ndarray, limit: float | None = None) -
         raise TargetValueError(f"target {spec.name}: |value| {float(np.abs(x).max()):g} exceeds float16 range")
 
 
-def encode(spec: TargetSpec, value: Any) -> dict[str, np.ndarray]:
+def encode(spec: TargetSpec, value: Any) -> dict[str, AnyDtypeArray]:
     """Encode one row of a target into its stored components.
 
     Args:
@@ -232,7 +234,7 @@ def encode(spec: TargetSpec, value: Any) -> dict[str, np.ndarray]:
     return {"data": to_float16(x) if codec.kind == "float16" else x.astype(np.float32)}
 
 
-def _encode_boxes(spec: TargetSpec, boxes: Any, scores: Any, labels: Any) -> dict[str, np.ndarray]:
+def _encode_boxes(spec: TargetSpec, boxes: Any, scores: Any, labels: Any) -> dict[str, AnyDtypeArray]:
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 9)
     m = boxes.shape[0]
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
@@ -249,7 +251,7 @@ def _encode_boxes(spec: TargetSpec, boxes: Any, scores: Any, labels: Any) -> dic
     return {"data": data, "count": np.asarray(m, dtype=np.int32)}
 
 
-def decode(spec: TargetSpec, comps: dict[str, np.ndarray], *, count: int | None = None,
+def decode(spec: TargetSpec, comps: dict[str, AnyDtypeArray], *, count: int | None = None,
            dequantize_values: bool = True) -> Any:
     """Inverse of :func:`encode` for one row (or, with a leading axis, ``B`` rows of non-ragged
     targets).

@@ -60,12 +60,15 @@ class CacheSummary:
 def _hints(s: CacheSchema, shards: int, ok: int, failed: int) -> list[str]:
     h, w = s.grid.bev_shape
     hints = [f"reusable by any student on grid range {list(s.grid.point_cloud_range)} with BEV {h}x{w} "
-             f"(voxel {s.grid.voxel_size[0]:g} m, frame {s.grid.frame}); coarser students can pool by an integer stride",
+             f"(voxel {s.grid.voxel_size[0]:g} m, frame {s.grid.frame}); "
+             "coarser students can pool by an integer stride",
              f"CacheReader(..., expect_grid=<grid>, expect_dataset=DatasetInfo(dataset_id={s.dataset.dataset_id!r}, "
              f"version={s.dataset.version!r}, split={s.dataset.split!r})) refuses mismatched caches",
-             "read a subset with CacheReader(..., targets=[...]); decode=False ships uint8 + scales for GPU dequantisation"]
+             "read a subset with CacheReader(..., targets=[...]); "
+             "decode=False ships uint8 + scales for GPU dequantisation"]
     if s.views > 1:
-        hints.append(f"{s.views} views per sample: rows carry view_matrix; apply the same BEV augmentation to the student input")
+        hints.append(f"{s.views} views per sample: rows carry view_matrix; "
+                     "apply the same BEV augmentation to the student input")
     if shards < s.num_shards:
         hints.append(f"{s.num_shards - shards} of {s.num_shards} shards pending: rerun the cache job to resume")
     if failed:
@@ -88,7 +91,7 @@ def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any]
         targets.append(TargetSummary(name=t.name, shape=t.shape, codec=str(t.codec), raw_bytes=t.raw_nbytes,
                                      stored_bytes=float(np.mean(nbytes)) if len(nbytes) else float("nan")))
     errors = table.column("error").to_pylist()
-    failures = [e for e, s in zip(errors, status) if s != manifest.STATUS_OK][:max_failures]
+    failures = [e for e, s in zip(errors, status, strict=True) if s != manifest.STATUS_OK][:max_failures]
     shards = len(manifest.committed_shards(store))
     return CacheSummary(location=stores.describe(store), schema=schema, shards_committed=shards,
                         rows_ok=int(ok.sum()), rows_failed=int((~ok).sum()), targets=targets, failures=failures,

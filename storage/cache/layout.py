@@ -8,13 +8,13 @@
                                               chunk = 1 row, shard = S rows, write_empty_chunks=True
     <cache>/manifest/shard-<i>.parquet        the commit record of shard i (storage.cache.manifest)
 
-Shard ``i`` of every array lives at the key ``targets/<name>/<component>/c/<i>/0/...``; its
-chunk index (sharding codec, ``index_location=end``) is ``S`` pairs of little-endian uint64
-``(offset, nbytes)`` followed by a crc32c, as the Zarr v3 sharding spec defines.
+Shard ``i`` of every array lives at the key ``targets/<name>/<component>/c/<i>/0/...``; it ends
+with its chunk index (sharding codec, ``index_location=end``), whose format
+:class:`~storage.cache.shard_index.ShardIndex` owns.
 
 The writer builds those shard bytes itself (:func:`encode_shard`: each row's C-order
 little-endian bytes through the array's Zstd, or with a crc32c appended, chunks in row order,
-then the index), byte for byte what Zarr's sharding codec writes for the same block, and
+then the :class:`ShardIndex`), byte for byte what Zarr's sharding codec writes for the same block, and
 stores them with one put per shard: Zarr's per-chunk pipeline costs ~0.3 ms a chunk, which
 for small teachers (11 arrays x S chunks per shard) outweighed the compression itself.
 Arrays whose codecs are not the ones :func:`create_arrays` makes go through Zarr.
@@ -23,26 +23,31 @@ Arrays whose codecs are not the ones :func:`create_arrays` makes go through Zarr
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import google_crc32c
 import numcodecs
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 from zarr.abc.store import Store
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-from zarr.codecs.bytes import Endian
-from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.codecs import BytesCodec, Crc32cCodec, Endian, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
+from zarr.types import AnyArray
 
 from storage.cache import stores
+from storage.cache._zarr_private import array_codecs, chunk_key
 from storage.cache.codecs import component_codec, components
 from storage.cache.schema import CacheSchema
+from storage.cache.shard_index import ShardIndex, crc32c_suffix
 
+#: Root attribute holding the cache schema.
 ATTR = "bevkd_cache"
+#: Root attribute where the cache job records its settings (JSON) next to the schema.
+JOB_ATTR = "bevkd_cache_job"
 SAMPLES_KEY = "index/samples.parquet"
-_EMPTY = np.uint64(2 ** 64 - 1)
 
 
 def array_path(target: str, component: str) -> str:
@@ -65,7 +70,7 @@ def create_arrays(store: Store, schema: CacheSchema, *, overwrite: bool) -> zarr
     return root
 
 
-def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict]:
+def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict[str, Any]]:
     """The root group of an existing cache and its schema attributes (parse with
     ``CacheSchema.from_dict`` after checking ``schema_version``).
 
@@ -77,7 +82,7 @@ def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict
     except (FileNotFoundError, KeyError) as e:
         raise FileNotFoundError(f"no bevkd cache at {stores.describe(store)} ({e})") from None
     attrs = root.attrs.get(ATTR)
-    if attrs is None:
+    if not isinstance(attrs, Mapping):
         raise FileNotFoundError(f"{stores.describe(store)} is a Zarr group but not a bevkd cache (no '{ATTR}')")
     return root, dict(attrs)
 
@@ -95,33 +100,41 @@ def read_samples(store: Store) -> list[str]:
     data = stores.get_bytes(store, SAMPLES_KEY)
     if data is None:
         raise FileNotFoundError(f"cache {stores.describe(store)}: sample index {SAMPLES_KEY} missing")
-    return pq.read_table(io.BytesIO(data)).column("sample_token").to_pylist()
+    tokens: list[str] = pq.read_table(io.BytesIO(data)).column("sample_token").to_pylist()
+    return tokens
 
 
 def open_arrays(root: zarr.Group, schema: CacheSchema, targets: list[str] | None = None
-                ) -> dict[str, dict[str, zarr.Array]]:
+                ) -> dict[str, dict[str, AnyArray]]:
     """target name -> component -> array (only ``targets`` if given)."""
     names = targets if targets is not None else [t.name for t in schema.targets]
     # write_empty_chunks is runtime config, not metadata: without it a reopened array skips all-zero
     # chunks (a row with no boxes), and verify / the reader would see an ok row's chunk as missing.
     with zarr.config.set({"array.write_empty_chunks": True}):
-        return {name: {comp: root[array_path(name, comp)] for comp in components(schema.target(name))}
+        return {name: {comp: _array(root, array_path(name, comp)) for comp in components(schema.target(name))}
                 for name in names}
 
 
-def shard_key(array: zarr.Array, shard_index: int) -> str:
+def _array(root: zarr.Group, path: str) -> AnyArray:
+    node = root[path]
+    if not isinstance(node, zarr.Array):
+        raise FileNotFoundError(f"cache {stores.describe(root.store)}: {path} is a group, not an array")
+    return node
+
+
+def shard_key(array: AnyArray, shard_index: int) -> str:
     """Store key of shard ``shard_index`` of a row-sharded array."""
-    return f"{array.path}/" + array.metadata.encode_chunk_key((shard_index,) + (0,) * (array.ndim - 1))
+    return f"{array.path}/" + chunk_key(array, (shard_index,) + (0,) * (array.ndim - 1))
 
 
-def shard_chunk_nbytes(store: Store, array: zarr.Array, shard_index: int, shard_size: int) -> np.ndarray | None:
+def shard_chunk_nbytes(store: Store, array: AnyArray, shard_index: int, shard_size: int
+                       ) -> npt.NDArray[np.int64] | None:
     """Compressed bytes of each chunk (row) of a shard, ``(S,)`` int64, -1 for a missing chunk;
-    ``None`` if the shard key does not exist."""
-    tail = stores.get_bytes(store, shard_key(array, shard_index), suffix=shard_size * 16 + 4)
+    ``None`` if the shard key does not exist. The index crc32c is not checked (decoding does)."""
+    tail = stores.get_bytes(store, shard_key(array, shard_index), suffix=ShardIndex.nbytes(shard_size))
     if tail is None:
         return None
-    index = np.frombuffer(tail[:-4], dtype="<u8").reshape(shard_size, 2)
-    return np.where(index[:, 0] == _EMPTY, -1, index[:, 1].astype(np.int64))
+    return ShardIndex.from_bytes(tail, shard_size, check_crc=False).chunk_nbytes()
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,7 +148,7 @@ class ShardEncoding:
             crc32c suffix (uncompressed arrays).
     """
 
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     shard_size: int
     zstd: numcodecs.Zstd | None
 
@@ -144,15 +157,14 @@ def _is_little_bytes(codec: object) -> bool:
     return isinstance(codec, BytesCodec) and (codec.endian is None or codec.endian == Endian.little)
 
 
-def shard_encoding(array: zarr.Array) -> ShardEncoding | None:
+def shard_encoding(array: AnyArray) -> ShardEncoding | None:
     """The encoding :func:`encode_shard` reproduces for ``array``, or ``None`` if its codecs are
     not exactly those of :func:`create_arrays` (one row per chunk, ``BytesCodec`` little-endian,
     then ``ZstdCodec`` or ``Crc32cCodec``; index ``BytesCodec`` + ``Crc32cCodec`` at the end)."""
-    codecs = array.metadata.codecs
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+    codecs = array_codecs(array)
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.shards is None:
         return None
-    sharding = codecs[0]
-    shard_shape = tuple(array.metadata.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+    sharding, shard_shape = codecs[0], tuple(array.shards)
     if (tuple(sharding.chunk_shape) != (1, *array.shape[1:]) or shard_shape[1:] != tuple(array.shape[1:])
             or sharding.index_location != ShardingCodecIndexLocation.end
             or len(sharding.index_codecs) != 2 or not _is_little_bytes(sharding.index_codecs[0])
@@ -160,6 +172,7 @@ def shard_encoding(array: zarr.Array) -> ShardEncoding | None:
             or len(sharding.codecs) != 2 or not _is_little_bytes(sharding.codecs[0])):
         return None
     inner = sharding.codecs[1]
+    zstd: numcodecs.Zstd | None
     if isinstance(inner, ZstdCodec):
         zstd = numcodecs.Zstd(level=inner.level, checksum=inner.checksum)
     elif isinstance(inner, Crc32cCodec):
@@ -169,11 +182,7 @@ def shard_encoding(array: zarr.Array) -> ShardEncoding | None:
     return ShardEncoding(dtype=np.dtype(array.dtype).newbyteorder("<"), shard_size=shard_shape[0], zstd=zstd)
 
 
-def _crc32c_suffix(data: bytes) -> bytes:
-    return data + int(google_crc32c.value(data)).to_bytes(4, "little")
-
-
-def encode_shard(encoding: ShardEncoding, block: np.ndarray) -> tuple[bytes, np.ndarray]:
+def encode_shard(encoding: ShardEncoding, block: npt.NDArray[Any]) -> tuple[bytes, npt.NDArray[np.int64]]:
     """The stored bytes of one shard whose first ``n`` rows are ``block`` (``n <= S``; the rows
     past ``n`` of a last, partial shard are absent chunks).
 
@@ -185,13 +194,9 @@ def encode_shard(encoding: ShardEncoding, block: np.ndarray) -> tuple[bytes, np.
         ``(shard bytes, (S,) int64 compressed bytes per chunk, -1 for an absent chunk)``.
     """
     rows = np.ascontiguousarray(block, dtype=encoding.dtype)
-    chunks = []
+    chunks: list[bytes] = []
     for row in rows.reshape(rows.shape[0], -1):
         raw = row.tobytes()
-        chunks.append(encoding.zstd.encode(raw) if encoding.zstd is not None else _crc32c_suffix(raw))
-    sizes = np.full(encoding.shard_size, -1, np.int64)
-    sizes[:len(chunks)] = [len(c) for c in chunks]
-    index = np.full((encoding.shard_size, 2), _EMPTY, "<u8")
-    index[:len(chunks), 1] = sizes[:len(chunks)]
-    index[:len(chunks), 0] = np.cumsum(sizes[:len(chunks)]) - sizes[:len(chunks)]
-    return b"".join(chunks) + _crc32c_suffix(index.tobytes()), sizes
+        chunks.append(encoding.zstd.encode(raw) if encoding.zstd is not None else crc32c_suffix(raw))
+    index = ShardIndex.from_chunk_sizes([len(c) for c in chunks], encoding.shard_size)
+    return b"".join(chunks) + index.to_bytes(), index.chunk_nbytes()

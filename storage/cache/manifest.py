@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from zarr.abc.store import Store
 
+from storage.arrays import Float64Array
 from storage.cache import stores
 
 MANIFEST_PREFIX = "manifest/"
@@ -64,7 +65,7 @@ class ManifestRow:
     scene: str
     timestamp_us: int
     view: int
-    view_matrix: np.ndarray
+    view_matrix: Float64Array
     status: str
     error: str | None
     crc32c: dict[str, int]
@@ -122,6 +123,6 @@ def read_manifest(store: Store, target_names: list[str]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default").sort_by("row")
 
 
-def view_matrix_of(table: pa.Table, index: int) -> np.ndarray:
+def view_matrix_of(table: pa.Table, index: int) -> Float64Array:
     """``(4, 4)`` float64 view matrix of table row ``index``."""
     return np.asarray(table.column("view_matrix")[index].as_py(), np.float64).reshape(4, 4)

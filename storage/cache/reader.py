@@ -1,4 +1,4 @@
-"""Reading a cache: random access to committed rows, typed as :class:`CachedTargets`.
+"""Reading a cache: random access to committed rows, typed as :class:`storage.cache.row.CacheRow`.
 
 Only rows of committed shards (those with a manifest fragment) are visible. Every read is
 checked twice: each chunk's Zstd content checksum (or crc32c when uncompressed) and the shard
@@ -9,7 +9,6 @@ the target and the key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,49 +17,16 @@ import zarr
 
 from storage.cache import layout, manifest, stores
 from storage.cache.chunks import ChunkError, ChunkFetcher, ChunkRequest
-from storage.cache.codecs import QuantizedArray, component_codec, decode
-from storage.cache.schema import SCHEMA_VERSION, CacheSchema, DatasetInfo
+from storage.cache.codecs import component_codec, decode
+from storage.cache.row import CacheRow
+from storage.cache.schema import SCHEMA_VERSION, CacheSchema, DatasetInfo, fields_where
 from storage.cache.writer import row_checksum
 from storage.errors import CacheCorruptError, CacheMismatchError, CacheRowError
 from storage.grid import BEVGrid
 
 
-@dataclass(kw_only=True, eq=False)
-class CachedTargets:
-    """The stored targets of one row. Absent targets are None.
-
-    Attributes:
-        sample_token: the sample.
-        row: global row index (``sample_index * views + view``).
-        view: view index.
-        view_matrix: ``(4, 4)`` float64 BEV augmentation of the row (BEV frame = view_matrix @ lidar).
-        bev_features: stage -> ``(C, H, W)`` float32 BEV frame, or :class:`QuantizedArray`
-            (``decode=False``).
-        heatmap: ``(K, H, W)`` float32 in [0, 1] (or QuantizedArray with scale 1/255).
-        boxes: ``(M, 9)`` float32 ``[x, y, z, l, w, h, yaw, vx, vy]`` BEV frame, m, rad, m/s.
-        scores: ``(M,)`` float32.
-        labels: ``(M,)`` int64.
-        instance_features: ``(M, C)`` float32 (float16 when ``decode=False``).
-        lidar_depth: ``(6, h, w)`` float32 metres, 0 = no point (float16 when ``decode=False``).
-        depth_probs: ``(6, D, h, w)`` float32 (or QuantizedArray, scale 1/255 per camera).
-        fg_mask: ``(H, W)`` bool.
-        view_mask: ``(6, H, W)`` bool.
-    """
-
-    sample_token: str
-    row: int
-    view: int
-    view_matrix: np.ndarray
-    bev_features: dict[str, np.ndarray | QuantizedArray] = field(default_factory=dict)
-    heatmap: np.ndarray | QuantizedArray | None = None
-    boxes: np.ndarray | None = None
-    scores: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    instance_features: np.ndarray | None = None
-    lidar_depth: np.ndarray | None = None
-    depth_probs: np.ndarray | QuantizedArray | None = None
-    fg_mask: np.ndarray | None = None
-    view_mask: np.ndarray | None = None
+#: Ragged targets besides ``boxes`` (their valid rows: the box count).
+RAGGED_FIELDS = tuple(f for f in fields_where(ragged=True) if f.name != "boxes")
 
 
 class CacheReader:
@@ -91,8 +57,8 @@ class CacheReader:
         self._check_expectations(attrs, expect_grid, expect_dataset, expect_schema_version)
         self.schema = CacheSchema.from_dict(attrs)
         self.target_names = list(targets) if targets is not None else [t.name for t in self.schema.targets]
-        if "instance_features" in self.target_names and "boxes" not in self.target_names:
-            self.target_names.append("boxes")  # their count says how many instance features are valid
+        if any(f.name in self.target_names for f in RAGGED_FIELDS) and "boxes" not in self.target_names:
+            self.target_names.append("boxes")  # their count says how many rows of a ragged target are valid
         self._arrays = layout.open_arrays(root, self.schema, self.target_names)
         self.verify_checksums = verify_checksums
         self._fetcher = ChunkFetcher(self.store, self.schema.shard_size)
@@ -130,7 +96,7 @@ class CacheReader:
         """Number of committed rows with status ok."""
         return len(self.ok_rows)
 
-    def __getitem__(self, i: int) -> CachedTargets:
+    def __getitem__(self, i: int) -> CacheRow:
         """The ``i``-th ok row (dataset-style index into :attr:`ok_rows`)."""
         return self.read(int(self.ok_rows[i]))
 
@@ -148,7 +114,7 @@ class CacheReader:
         return tuple(arr.shape[1:]), np.dtype(arr.dtype)
 
     def read(self, row_or_token: int | str, view: int = 0, *, decode: bool = True,
-             into: dict[str, np.ndarray] | None = None) -> CachedTargets:
+             into: dict[str, np.ndarray] | None = None) -> CacheRow:
         """Read one row.
 
         Args:
@@ -166,21 +132,14 @@ class CacheReader:
         """
         r = self.row_index(row_or_token, view) if isinstance(row_or_token, str) else int(row_or_token)
         meta = self._meta(r)
-        out = CachedTargets(sample_token=meta["sample_token"], row=r, view=meta["view"],
-                            view_matrix=manifest.view_matrix_of(self.rows, self._pos[r]))
-        count = None
+        out = CacheRow(sample_token=meta["sample_token"], row=r, view=meta["view"],
+                       view_matrix=manifest.view_matrix_of(self.rows, self._pos[r]))
         values = self._read_targets(r, meta, decode, into or {})
-        for name in sorted(self.target_names, key=lambda n: n != "boxes"):  # boxes first: their count
-            value = values[name]
-            if name == "boxes":
-                out.boxes, out.scores, out.labels = value
-                count = len(out.boxes)
-            elif name == "instance_features":
-                out.instance_features = value[:count] if count is not None else value
-            elif name.startswith("bev_features/"):
-                out.bev_features[name.split("/", 1)[1]] = value
-            else:
-                setattr(out, name, value)
+        for name in self.target_names:
+            out.set_target(name, values[name])
+        for f in RAGGED_FIELDS:  # valid rows of a ragged target: the row's box count
+            if out.boxes is not None and getattr(out, f.name) is not None:
+                setattr(out, f.name, getattr(out, f.name)[:len(out.boxes)])
         return out
 
     def _meta(self, r: int) -> dict[str, Any]:
@@ -207,7 +166,7 @@ class CacheReader:
                                                 out=into.get(name) if comp == "data" else None)
                                    for name, comp, arr in where])
         comps: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.target_names}
-        for (name, comp, arr), value in zip(where, got):
+        for (name, comp, arr), value in zip(where, got, strict=True):
             if isinstance(value, ChunkError):
                 raise self._corrupt(meta, name, arr, r, f"component {comp}: {value}")
             comps[name][comp] = value

@@ -7,7 +7,9 @@ the stored maps, the teacher (name, config, weights sha256), the source dataset
 Rows are ``(sample, view)`` pairs: ``row = sample_index * views + view``. Shard ``i`` holds rows
 ``[i * shard_size, (i + 1) * shard_size)`` and is written whole by exactly one writer.
 
-Target names (a target's *kind* follows from its name):
+Target fields: the declarative table :data:`TARGET_FIELDS` (one :class:`TargetField` per kind:
+name, shape rule, dtype, codecs, frame, warp rule) is the one place a target is described; the
+schema, the writer, the reader, the loader's packing and the BEV warping read it. In short:
 
 ==========================  =================  ====================================
 name                        logical shape      meaning
@@ -27,35 +29,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from storage.grid import BEVGrid
 
+if TYPE_CHECKING:
+    from storage.cache.row import CacheRow
+
 #: Bump when the on-disk layout changes; readers refuse other versions unless asked.
 SCHEMA_VERSION = 1
-
 #: Codec kinds. ``quant_u8``: per-channel affine uint8 (scale/offset stored beside);
 #: ``sqrt_u8``: per-channel square-root companded uint8 (for heavy-tailed maps);
 #: ``unit_u8``: values in [0, 1] as round(255 x); ``float16`` / ``float32``: plain casts;
 #: ``bitpack``: bool packed 8 per byte.
 CODEC_KINDS = ("quant_u8", "sqrt_u8", "unit_u8", "float16", "float32", "bitpack")
-
-#: Fixed target names; BEV maps use ``bev_features/<stage>``.
-BEV_PREFIX = "bev_features/"
-FIXED_TARGETS = ("heatmap", "boxes", "instance_features", "lidar_depth", "depth_probs", "fg_mask", "view_mask")
-
-# kind -> (allowed codec kinds, logical ndim, logical dtype, default frame)
-_KINDS: dict[str, tuple[tuple[str, ...], int, str, str]] = {
-    "bev_features": (("quant_u8", "sqrt_u8", "float16", "float32"), 3, "float32", "bev"),
-    "heatmap": (("unit_u8", "quant_u8", "sqrt_u8", "float16", "float32"), 3, "float32", "bev"),
-    "boxes": (("float32",), 2, "float32", "bev"),
-    "instance_features": (("float16", "float32"), 2, "float32", "bev"),
-    "lidar_depth": (("float16", "float32"), 3, "float32", "camera"),
-    "depth_probs": (("unit_u8", "float16", "float32"), 4, "float32", "camera"),
-    "fg_mask": (("bitpack",), 2, "bool", "bev"),
-    "view_mask": (("bitpack",), 3, "bool", "bev"),
-}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Codec:
@@ -91,26 +80,101 @@ class Codec:
         return {"kind": self.kind, "zstd_level": self.zstd_level}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Codec":
+    def from_dict(cls, d: dict[str, Any]) -> Codec:
         return cls(kind=d["kind"], zstd_level=d.get("zstd_level"))
 
 
-#: Defaults, chosen from bench/storage.py measurements: ``sqrt_u8`` keeps BEV cosine >= 0.9999 on
-#: heavy-tailed maps where affine ``quant_u8`` falls to 0.997 (and costs ~5% more bytes on smooth maps).
-DEFAULT_CODECS: dict[str, Codec] = {
-    "bev_features": Codec(kind="sqrt_u8", zstd_level=1),
-    "heatmap": Codec(kind="unit_u8", zstd_level=3),
-    "boxes": Codec(kind="float32", zstd_level=1),
-    "instance_features": Codec(kind="float16", zstd_level=1),
-    "lidar_depth": Codec(kind="float16", zstd_level=1),
-    "depth_probs": Codec(kind="unit_u8", zstd_level=1),
-    "fg_mask": Codec(kind="bitpack", zstd_level=1),
-    "view_mask": Codec(kind="bitpack", zstd_level=1),
-}
+#: Warp rules: how a BEV augmentation (``view_matrix``) moves a target. ``bilinear`` / ``nearest``:
+#: resampled on the grid (maps / masks); ``boxes``: centre, yaw and velocity moved
+#: (:func:`storage.boxes.transform_boxes`); ``with_boxes``: travels unchanged with its box;
+#: ``image_min`` / ``image_bilinear``: camera frame, unchanged by a BEV augmentation and moved by an
+#: image augmentation (min-preserving / bilinear).
+WARP_RULES = ("bilinear", "nearest", "boxes", "with_boxes", "image_min", "image_bilinear")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetField:
+    """One kind of cache target: a row of :data:`TARGET_FIELDS`, the table that the schema, the
+    writer, the reader, the loader's packing and the BEV warping read (adding a target touches it
+    and the producer only).
+
+    Attributes:
+        name: target name; ``bev_features`` stands for the family ``bev_features/<stage>``.
+        shape: per-row shape rule, one symbol per axis: a digit is a fixed size (``6`` cameras,
+            ``9`` box parameters), ``H`` / ``W`` the grid's ``bev_shape``, ``M`` the box capacity
+            ``M_max`` (ragged: the valid rows are the row's box count); any other letter is free.
+        dtype: logical (decoded) dtype, ``float32`` or ``bool``.
+        codecs: the codec kinds allowed.
+        default_codec: the codec used unless one is asked for.
+        frame: ``bev`` (the row's BEV frame, see ``view_matrix``) or ``camera``.
+        warp: one of :data:`WARP_RULES`.
+        attrs: the :class:`storage.cache.row.CacheRow` attributes holding the value, in the order
+            of the value's tuple (``boxes``: boxes, scores, labels); empty: the attribute ``name``.
+    """
+
+    name: str
+    shape: tuple[str, ...]
+    dtype: str
+    codecs: tuple[str, ...]
+    default_codec: Codec
+    frame: str
+    warp: str
+    attrs: tuple[str, ...] = ()
+
+    @property
+    def ragged(self) -> bool:
+        """First axis is the box capacity ``M_max``."""
+        return self.shape[0] == "M"
+
+    @property
+    def bev_map(self) -> bool:
+        """Trailing ``(H, W)`` axes on the cache grid."""
+        return self.shape[-2:] == ("H", "W")
+
+    @property
+    def row_attrs(self) -> tuple[str, ...]:
+        """The :class:`~storage.cache.row.CacheRow` attributes of this target."""
+        return self.attrs or (self.name,)
+
+
+_U8 = ("quant_u8", "sqrt_u8")
+
+#: The cache target fields (module table above), in storage order. Defaults chosen from
+#: bench/storage.py measurements: ``sqrt_u8`` keeps BEV cosine >= 0.9999 on heavy-tailed maps where
+#: affine ``quant_u8`` falls to 0.997 (and costs ~5% more bytes on smooth maps).
+TARGET_FIELDS: tuple[TargetField, ...] = (
+    TargetField(name="bev_features", shape=("C", "H", "W"), dtype="float32", codecs=(*_U8, "float16", "float32"),
+                default_codec=Codec(kind="sqrt_u8", zstd_level=1), frame="bev", warp="bilinear"),
+    TargetField(name="heatmap", shape=("K", "H", "W"), dtype="float32",
+                codecs=("unit_u8", *_U8, "float16", "float32"), default_codec=Codec(kind="unit_u8", zstd_level=3),
+                frame="bev", warp="bilinear"),
+    TargetField(name="boxes", shape=("M", "9"), dtype="float32", codecs=("float32",),
+                default_codec=Codec(kind="float32", zstd_level=1), frame="bev", warp="boxes",
+                attrs=("boxes", "scores", "labels")),
+    TargetField(name="instance_features", shape=("M", "C"), dtype="float32", codecs=("float16", "float32"),
+                default_codec=Codec(kind="float16", zstd_level=1), frame="bev", warp="with_boxes"),
+    TargetField(name="lidar_depth", shape=("6", "h", "w"), dtype="float32", codecs=("float16", "float32"),
+                default_codec=Codec(kind="float16", zstd_level=1), frame="camera", warp="image_min"),
+    TargetField(name="depth_probs", shape=("6", "D", "h", "w"), dtype="float32",
+                codecs=("unit_u8", "float16", "float32"), default_codec=Codec(kind="unit_u8", zstd_level=1),
+                frame="camera", warp="image_bilinear"),
+    TargetField(name="fg_mask", shape=("H", "W"), dtype="bool", codecs=("bitpack",),
+                default_codec=Codec(kind="bitpack", zstd_level=1), frame="bev", warp="nearest"),
+    TargetField(name="view_mask", shape=("6", "H", "W"), dtype="bool", codecs=("bitpack",),
+                default_codec=Codec(kind="bitpack", zstd_level=1), frame="bev", warp="nearest"),
+)
+
+_FIELDS = {f.name: f for f in TARGET_FIELDS}
+#: Prefix of the BEV map family: ``bev_features/<stage>``.
+BEV_PREFIX = "bev_features/"
+#: Target names besides the ``bev_features/<stage>`` family.
+FIXED_TARGETS = tuple(f.name for f in TARGET_FIELDS if f.name != "bev_features")
+#: Default codec per field name (``bev_features`` for every stage).
+DEFAULT_CODECS: dict[str, Codec] = {f.name: f.default_codec for f in TARGET_FIELDS}
 
 
 def target_kind(name: str) -> str:
-    """The kind of a target name (``bev_features/lidar_bev`` -> ``bev_features``).
+    """The field name of a target name (``bev_features/lidar_bev`` -> ``bev_features``).
 
     Raises:
         ValueError: for a name that is neither ``bev_features/<stage>`` nor a fixed target.
@@ -120,6 +184,16 @@ def target_kind(name: str) -> str:
     if name in FIXED_TARGETS:
         return name
     raise ValueError(f"unknown target name {name!r}: use 'bev_features/<stage>' or one of {FIXED_TARGETS}")
+
+
+def target_field(name: str) -> TargetField:
+    """The :class:`TargetField` of a target name. Raises ValueError for an unknown name."""
+    return _FIELDS[target_kind(name)]
+
+
+def fields_where(**match: object) -> tuple[TargetField, ...]:
+    """The fields whose attributes equal ``match`` (e.g. ``warp="nearest"``, ``ragged=True``), in table order."""
+    return tuple(f for f in TARGET_FIELDS if all(getattr(f, k) == v for k, v in match.items()))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,69 +219,86 @@ class TargetSpec:
     codec: Codec | None = None
 
     def __post_init__(self) -> None:
-        kind = target_kind(self.name)
-        allowed, ndim, dtype, frame = _KINDS[kind]
+        f = target_field(self.name)
         shape = tuple(int(s) for s in self.shape)
-        if len(shape) != ndim or min(shape) < 1:
-            raise ValueError(f"target {self.name}: shape must have {ndim} positive dims, got {shape}")
-        if kind == "boxes" and shape[1] != 9:
-            raise ValueError(f"target boxes: shape must be (M_max, 9), got {shape}")
-        if kind == "view_mask" and shape[0] != 6 or kind in ("lidar_depth", "depth_probs") and shape[0] != 6:
-            raise ValueError(f"target {self.name}: first axis must be the 6 cameras, got {shape}")
-        codec = self.codec or DEFAULT_CODECS[kind]
-        if codec.kind not in allowed:
-            raise ValueError(f"target {self.name}: codec {codec.kind} not allowed, use one of {allowed}")
-        if self.dtype and self.dtype != dtype:
-            raise ValueError(f"target {self.name}: logical dtype is {dtype}, got {self.dtype!r}")
+        if len(shape) != len(f.shape) or min(shape) < 1:
+            raise ValueError(f"target {self.name}: shape must have {len(f.shape)} positive dims "
+                             f"({', '.join(f.shape)}), got {shape}")
+        for axis, (rule, size) in enumerate(zip(f.shape, shape, strict=True)):
+            if rule.isdigit() and size != int(rule):
+                what = "the 6 cameras" if rule == "6" else f"{rule} wide"
+                raise ValueError(f"target {self.name}: axis {axis} must be {what} (shape ({', '.join(f.shape)})), "
+                                 f"got {shape}")
+        codec = self.codec or f.default_codec
+        if codec.kind not in f.codecs:
+            raise ValueError(f"target {self.name}: codec {codec.kind} not allowed, use one of {f.codecs}")
+        if self.dtype and self.dtype != f.dtype:
+            raise ValueError(f"target {self.name}: logical dtype is {f.dtype}, got {self.dtype!r}")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "codec", codec)
-        object.__setattr__(self, "dtype", self.dtype or dtype)
-        object.__setattr__(self, "frame", self.frame or frame)
+        object.__setattr__(self, "dtype", self.dtype or f.dtype)
+        object.__setattr__(self, "frame", self.frame or f.frame)
 
     @property
     def kind(self) -> str:
+        """The field name (``bev_features`` for every stage)."""
         return target_kind(self.name)
+
+    @property
+    def field(self) -> TargetField:
+        """The row of :data:`TARGET_FIELDS` this target follows."""
+        return target_field(self.name)
 
     @property
     def raw_nbytes(self) -> int:
         """Bytes of one row in its logical dtype (float32 or bool; boxes with their scores and
         labels as float32), the compression baseline."""
-        if self.kind == "boxes":
-            return self.shape[0] * 11 * 4
         n = 1
         for s in self.shape:
             n *= s
-        return n * (1 if self.dtype == "bool" else 4)
+        extra = self.shape[0] * (len(self.field.row_attrs) - 1)  # scores, labels: one value per box
+        return (n + extra) * (1 if self.dtype == "bool" else 4)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "frame": self.frame,
                 "codec": self.codec.to_dict()}  # type: ignore[union-attr]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TargetSpec":
+    def from_dict(cls, d: dict[str, Any]) -> TargetSpec:
         return cls(name=d["name"], shape=tuple(d["shape"]), dtype=d["dtype"], frame=d["frame"],
                    codec=Codec.from_dict(d["codec"]))
 
 
 @dataclass(frozen=True, kw_only=True)
 class TeacherInfo:
-    """The teacher that produced a cache.
+    """A teacher's identity: what :func:`teachers.registry.load_teacher` returns and a cache records.
 
     Args:
-        name: registered teacher name (``teachers`` factory key).
-        config: the teacher's config as a JSON-serialisable dict.
-        weights_sha256: hex sha256 of the weights file ("" if untrained / random).
+        name: registered teacher name (``teachers`` factory key) or ``package.module:factory``.
+        config: the teacher's config as a JSON-serialisable dict (``{}`` for a user module
+            without a dataclass ``config``).
+        weights_sha256: hex sha256 over the state dict (names, dtypes, shapes and bytes, in key
+            order; :func:`teachers.registry.weights_sha256`), "" if unknown.
+        checkpoint: where the weights came from (``""`` = freshly initialised).
+        meta: free-form JSON-ready checkpoint metadata (training steps, metrics).
+
+    Raises:
+        TypeError: ``config`` or ``meta`` is not JSON-serialisable.
     """
 
     name: str
     config: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    checkpoint: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         json.dumps(self.config)  # raises TypeError for a config that is not JSON
+        json.dumps(self.meta)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config, "weights_sha256": self.weights_sha256}
+        return {"name": self.name, "config": self.config, "weights_sha256": self.weights_sha256,
+                "checkpoint": self.checkpoint, "meta": self.meta}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +308,13 @@ class DatasetInfo:
     dataset_id: str
     version: str
     split: str
+
+    @classmethod
+    def from_reader_id(cls, reader_id: str) -> DatasetInfo:
+        """From a reader's ``dataset_id`` ``"<id>:<version>:<split>"`` (missing parts are "")."""
+        parts = str(reader_id).split(":", 2)
+        parts += [""] * (3 - len(parts))
+        return cls(dataset_id=parts[0], version=parts[1], split=parts[2])
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset_id": self.dataset_id, "version": self.version, "split": self.split}
@@ -260,12 +358,10 @@ class CacheSchema:
             raise ValueError(f"CacheSchema: num_rows {self.num_rows} must be a positive multiple of "
                              f"views {self.views}; shard_size {self.shard_size} must be >= 1")
         spec = {t.name: t for t in self.targets}
-        if "instance_features" in spec and ("boxes" not in spec
-                                            or spec["boxes"].shape[0] != spec["instance_features"].shape[0]):
-            raise ValueError("CacheSchema: instance_features needs a boxes target of the same capacity M_max")
         for t in self.targets:
-            if t.frame == "bev" and t.kind not in ("boxes", "instance_features") \
-                    and t.shape[-2:] != self.grid.bev_shape:
+            if t.field.ragged and t.name != "boxes" and ("boxes" not in spec or spec["boxes"].shape[0] != t.shape[0]):
+                raise ValueError(f"CacheSchema: {t.name} needs a boxes target of the same capacity M_max")
+            if t.field.bev_map and t.shape[-2:] != self.grid.bev_shape:
                 raise ValueError(f"CacheSchema: target {t.name} has (H, W) {t.shape[-2:]} but the grid's "
                                  f"bev_shape is {self.grid.bev_shape}")
 
@@ -303,36 +399,33 @@ class CacheSchema:
                 "views": self.views, "shard_size": self.shard_size}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CacheSchema":
+    def from_dict(cls, d: dict[str, Any]) -> CacheSchema:
         return cls(schema_version=int(d["schema_version"]), grid=BEVGrid.from_dict(d["grid"]),
                    teacher=TeacherInfo(**d["teacher"]), dataset=DatasetInfo(**d["dataset"]),
                    targets=tuple(TargetSpec.from_dict(t) for t in d["targets"]), num_rows=int(d["num_rows"]),
                    views=int(d["views"]), shard_size=int(d["shard_size"]))
 
 
-def target_specs_for(example: Any, *, max_boxes: int = 500, codecs: dict[str, Codec] | None = None,
+def target_specs_for(example: CacheRow, *, max_boxes: int = 500, codecs: dict[str, Codec] | None = None,
                      only: tuple[str, ...] | None = None) -> tuple[TargetSpec, ...]:
     """Target specs matching the targets present in an example row.
 
     Args:
-        example: a :class:`storage.targets.SampleTargets` (any row of the job).
-        max_boxes: capacity ``M_max`` of ``boxes`` / ``instance_features``.
-        codecs: target name or kind -> codec overriding :data:`DEFAULT_CODECS`.
+        example: any row of the job (:func:`teachers.cache_row.build_cache_row`).
+        max_boxes: capacity ``M_max`` of the ragged targets (``boxes``, ``instance_features``).
+        codecs: target name or field name -> codec overriding the field's default.
         only: keep only these target names.
 
     Returns:
-        one spec per non-None target of ``example`` (``boxes`` needs boxes, scores and labels).
+        one spec per target present in ``example`` (:meth:`CacheRow.target_names`), in table order.
     """
     codecs = codecs or {}
-    found: list[tuple[str, tuple[int, ...]]] = [(BEV_PREFIX + k, tuple(v.shape)) for k, v in example.bev_features.items()]
-    if example.heatmap is not None:
-        found.append(("heatmap", tuple(example.heatmap.shape)))
-    if example.boxes is not None and example.scores is not None and example.labels is not None:
-        found.append(("boxes", (max_boxes, 9)))
-        if example.instance_features is not None:
-            found.append(("instance_features", (max_boxes, int(example.instance_features.shape[1]))))
-    for name in ("lidar_depth", "depth_probs", "fg_mask", "view_mask"):
-        if getattr(example, name) is not None:
-            found.append((name, tuple(getattr(example, name).shape)))
-    return tuple(TargetSpec(name=n, shape=s, codec=codecs.get(n) or codecs.get(target_kind(n)))
-                 for n, s in found if only is None or n in only)
+    specs = []
+    for name in example.target_names():
+        value = example.target(name)
+        shape = tuple(int(s) for s in np.shape(value[0] if isinstance(value, tuple) else value))
+        if target_field(name).ragged:
+            shape = (max_boxes, *shape[1:])
+        if only is None or name in only:
+            specs.append(TargetSpec(name=name, shape=shape, codec=codecs.get(name) or codecs.get(target_kind(name))))
+    return tuple(specs)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-StoreLike = Union[str, Path, Store]
+from storage.cache._zarr_private import buffer_from_bytes, default_buffer_prototype, sync
+
+StoreLike = str | Path | Store
 
 
 def open_store(location: StoreLike, *, read_only: bool = False,
@@ -53,14 +53,13 @@ def key_location(store: Store, key: str) -> str:
 
 def put_bytes(store: Store, key: str, data: bytes) -> None:
     """Write ``key`` atomically (see the module docstring)."""
-    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+    sync(store.set(key, buffer_from_bytes(data)))
 
 
 def put_many(store: Store, items: dict[str, bytes]) -> None:
     """:func:`put_bytes` of several keys, issued concurrently (one event-loop round trip)."""
     async def put_all() -> None:
-        proto = default_buffer_prototype().buffer
-        await asyncio.gather(*(store.set(key, proto.from_bytes(data)) for key, data in items.items()))
+        await asyncio.gather(*(store.set(key, buffer_from_bytes(data)) for key, data in items.items()))
     sync(put_all())
 
 

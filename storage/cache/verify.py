@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
-import zarr
+from zarr.types import AnyArray
 
+from storage.arrays import AnyDtypeArray
 from storage.cache import layout, manifest, stores
 from storage.cache.schema import CacheSchema
 from storage.cache.writer import row_checksum
@@ -63,19 +65,20 @@ class VerifyReport:
         return not self.problems
 
 
-def _uncommitted(store: Any, arrays: dict[str, dict[str, zarr.Array]], committed: set[int]) -> list[int]:
+def _uncommitted(store: Any, arrays: dict[str, dict[str, AnyArray]], committed: set[int]) -> list[int]:
     arr = next(iter(next(iter(arrays.values())).values()))
     pattern = re.compile(re.escape(arr.path) + r"/c/(\d+)/")
     found = {int(m.group(1)) for k in stores.list_prefix(store, arr.path + "/c/") if (m := pattern.match(k))}
     return sorted(found - committed)
 
 
-def _read_rows(arr: zarr.Array, rows: range, ok_local: list[int]) -> tuple[np.ndarray | None, dict[int, str]]:
+def _read_rows(arr: AnyArray, rows: range, ok_local: list[int]) -> tuple[AnyDtypeArray, dict[int, str]]:
     """The shard block, or per-row reads with the errors of the rows that fail."""
     try:
-        return arr[rows.start:rows.stop], {}
+        return np.asarray(arr[rows.start:rows.stop]), {}
     except Exception:  # find the failing rows one by one
-        block, errors = np.zeros((len(rows), *arr.shape[1:]), arr.dtype), {}
+        block: AnyDtypeArray = np.zeros((len(rows), *arr.shape[1:]), arr.dtype)
+        errors: dict[int, str] = {}
         for j in ok_local:
             try:
                 block[j] = arr[rows.start + j]
@@ -84,11 +87,11 @@ def _read_rows(arr: zarr.Array, rows: range, ok_local: list[int]) -> tuple[np.nd
         return block, errors
 
 
-def _check_target(store: Any, schema: CacheSchema, name: str, comps: dict[str, zarr.Array], shard: int,
+def _check_target(store: Any, schema: CacheSchema, name: str, comps: dict[str, AnyArray], shard: int,
                   frag: dict[str, list[Any]], ok_local: list[int]) -> list[RowProblem]:
     rows = schema.shard_rows(shard)
     found: dict[int, tuple[str, str, str]] = {}  # local row -> (problem, detail, path)
-    blocks: dict[str, np.ndarray] = {}
+    blocks: dict[str, AnyDtypeArray] = {}
     for comp, arr in comps.items():
         path = stores.key_location(store, layout.shard_key(arr, shard))
         sizes = layout.shard_chunk_nbytes(store, arr, shard, schema.shard_size)

@@ -20,22 +20,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from storage.cache import layout, manifest, stores
-from storage.cache.codecs import TargetValueError, components, encode
-from storage.cache.schema import CacheSchema, TargetSpec
-from storage.targets import SampleTargets
+from storage.cache._zarr_private import sync
+from storage.cache.codecs import components, encode
+from storage.cache.row import CacheRow
+from storage.cache.schema import CacheSchema
 
 
 @dataclass(kw_only=True, eq=False)
 class RowResult:
-    """What the cache job hands the writer for one ``(sample, view)`` row.
+    """What the cache job hands the writer for one ``(sample, view)`` row: the row's targets and
+    its manifest record (scene, time, view matrix), or why the row failed.
 
     Attributes:
         sample_token: the sample.
@@ -53,7 +55,7 @@ class RowResult:
     scene: str = ""
     timestamp_us: int = 0
     view_matrix: np.ndarray | None = None
-    targets: SampleTargets | None = None
+    targets: CacheRow | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
@@ -77,24 +79,6 @@ class ShardReport:
     nbytes: dict[str, int] = field(default_factory=dict)
     encode_s: float = 0.0
     write_s: float = 0.0
-
-
-def target_value(spec: TargetSpec, targets: SampleTargets) -> Any:
-    """The value of ``spec`` in ``targets`` (``boxes`` -> (boxes, scores, labels)).
-
-    Raises:
-        TargetValueError: the row lacks the target.
-    """
-    if spec.kind == "bev_features":
-        value = targets.bev_features.get(spec.name.split("/", 1)[1])
-    elif spec.kind == "boxes":
-        parts = (targets.boxes, targets.scores, targets.labels)
-        value = None if any(p is None for p in parts) else parts
-    else:
-        value = getattr(targets, spec.name)
-    if value is None:
-        raise TargetValueError(f"target {spec.name} missing from the row's SampleTargets")
-    return value
 
 
 def row_checksum(comps: dict[str, np.ndarray]) -> int:
@@ -122,7 +106,7 @@ class CacheWriter:
 
     @classmethod
     def create(cls, location: stores.StoreLike, schema: CacheSchema, sample_tokens: Sequence[str], *,
-               overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> "CacheWriter":
+               overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> CacheWriter:
         """Create an empty cache for ``sample_tokens`` (``schema.num_rows`` must equal
         ``len(sample_tokens) * schema.views``).
 
@@ -142,7 +126,7 @@ class CacheWriter:
         return cls(store, root, schema, tokens)
 
     @classmethod
-    def open(cls, location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None) -> "CacheWriter":
+    def open(cls, location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None) -> CacheWriter:
         """Open an existing cache for writing more shards (resume, or another worker).
 
         Raises:
@@ -255,7 +239,7 @@ class CacheWriter:
         error, crcs = result.error, {}
         if result.targets is not None:
             try:
-                encoded = {s.name: encode(s, target_value(s, result.targets)) for s in self.schema.targets}
+                encoded = {s.name: encode(s, result.targets.target(s.name)) for s in self.schema.targets}
             except ValueError as e:  # TargetValueError or a shape mismatch: the row fails, the shard commits
                 error = f"sample {result.sample_token} view {result.view}: {e}"
             else:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,14 +46,14 @@ class SynthSummary:
     mean_points_per_sweep: float
     fraction_boxes_with_points: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"config": self.config.to_json(), "scenes": [list(s) for s in self.scenes],
                 "num_samples": self.num_samples, "num_annotations": self.num_annotations,
                 "mean_points_per_sweep": self.mean_points_per_sweep,
                 "fraction_boxes_with_points": self.fraction_boxes_with_points}
 
     @classmethod
-    def load(cls, dataroot: str | Path) -> "SynthSummary":
+    def load(cls, dataroot: str | Path) -> SynthSummary:
         """Read ``synth_summary.json``. Raises FileNotFoundError if the dataroot has none."""
         d = json.loads((Path(dataroot) / SUMMARY_FILE).read_text())
         return cls(config=SynthConfig.from_json(d["config"]), scenes=tuple(tuple(s) for s in d["scenes"]),

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from storage.arrays import BoolArray, Float64Array, UInt8Array
 from storage.boxes import box_corners
-from storage.synth.geometry import WALL_HEIGHT, hash_noise, ray_box, ray_ground, ray_walls
+from storage.synth.geometry import WALL_HEIGHT, BoxHits, hash_noise, ray_box, ray_ground, ray_walls
 from storage.synth.scene import CLASS_SPECS, Scene, SensorSpec
 from storage.sample import NUSCENES_CLASSES
 from storage.transforms import apply_transform, invert_transform
@@ -20,15 +21,16 @@ LIGHT = np.array([0.35, 0.25, 0.9]) / np.linalg.norm([0.35, 0.25, 0.9])
 _CLASS_COLOURS = np.array([CLASS_SPECS[c].colour for c in NUSCENES_CLASSES], dtype=np.float64)
 
 
-def pixel_rays(intrinsic: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+def pixel_rays(intrinsic: Float64Array, image_size: tuple[int, int]) -> Float64Array:
     """``(H * W, 3)`` camera-frame directions through pixel centres, ``z = 1`` (row-major)."""
     w, h = image_size
     u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     uv1 = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
-    return uv1 @ np.linalg.inv(intrinsic).T
+    out: Float64Array = uv1 @ np.linalg.inv(intrinsic).T
+    return out
 
 
-def render_camera(scene: Scene, t: float, cam: SensorSpec, image_size: tuple[int, int]) -> np.ndarray:
+def render_camera(scene: Scene, t: float, cam: SensorSpec, image_size: tuple[int, int]) -> UInt8Array:
     """``(H, W, 3)`` uint8 RGB image of ``cam`` at scene time ``t`` (s)."""
     w, h = image_size
     intrinsic = cam.intrinsic(image_size)
@@ -54,7 +56,7 @@ def render_camera(scene: Scene, t: float, cam: SensorSpec, image_size: tuple[int
     return np.clip(rgb, 0, 255).astype(np.uint8).reshape(h, w, 3)
 
 
-def _box_region(box: np.ndarray, cam_from_scene: np.ndarray, intrinsic: np.ndarray,
+def _box_region(box: Float64Array, cam_from_scene: Float64Array, intrinsic: Float64Array,
                 image_size: tuple[int, int]) -> tuple[int, int, int, int] | None:
     """Pixel rectangle ``(u0, u1, v0, v1)`` (exclusive ends) the box can cover, or None."""
     w, h = image_size
@@ -73,7 +75,7 @@ def _box_region(box: np.ndarray, cam_from_scene: np.ndarray, intrinsic: np.ndarr
     return int(u0), int(u1), int(v0), int(v1)
 
 
-def _shade_box(box: np.ndarray, colour: np.ndarray, hits, mask: np.ndarray) -> np.ndarray:
+def _shade_box(box: Float64Array, colour: Float64Array, hits: BoxHits, mask: BoolArray) -> Float64Array:
     """Lambert-shaded class colour with darkened cuboid edges, ``(M, 3)`` float."""
     axis, sign, local = hits.face_axis[mask], hits.face_sign[mask], hits.local[mask]
     normal_box = np.zeros((len(axis), 3))
@@ -86,10 +88,11 @@ def _shade_box(box: np.ndarray, colour: np.ndarray, hits, mask: np.ndarray) -> n
     edge_dist[np.arange(len(axis)), axis] = np.inf
     edge = edge_dist.min(axis=1) < 0.04 + 0.01 * half.min()
     shade = np.where(edge, shade * 0.45, shade)
-    return colour[None] * shade[:, None]
+    out: Float64Array = colour[None] * shade[:, None]
+    return out
 
 
-def _background(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _background(scene: Scene, origin: Float64Array, dirs: Float64Array) -> tuple[Float64Array, Float64Array]:
     """Depth ``(R,)`` and colour ``(R, 3)`` of ground, facades and sky."""
     t_ground = ray_ground(origin, dirs)
     t_wall = ray_walls(origin, dirs, scene.wall_offset)
@@ -105,11 +108,11 @@ def _background(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.
     return depth, rgb * fog + sky * (1 - fog)
 
 
-def _ground_colour(p: np.ndarray) -> np.ndarray:
+def _ground_colour(p: Float64Array) -> Float64Array:
     """Asphalt with lane markings, pavement tiles, and grass lots, by scene position."""
     x, y = p[:, 0], np.abs(p[:, 1])
     n = hash_noise(np.floor(x * 3), np.floor(p[:, 1] * 3))
-    col = np.where((y < 8.0)[:, None], np.array([85.0, 85.0, 90.0]), np.array([165.0, 160.0, 150.0]))
+    col: Float64Array = np.where((y < 8.0)[:, None], np.array([85.0, 85.0, 90.0]), np.array([165.0, 160.0, 150.0]))
     col = col + (n[:, None] - 0.5) * 18.0
     tiles = (y >= 8.0) & (y < 11.0) & ((np.mod(x, 1.5) < 0.05) | (np.mod(y, 1.5) < 0.05))
     col[tiles] *= 0.8
@@ -123,11 +126,11 @@ def _ground_colour(p: np.ndarray) -> np.ndarray:
     return col
 
 
-def _wall_colour(p: np.ndarray) -> np.ndarray:
+def _wall_colour(p: Float64Array) -> Float64Array:
     """Facades: a tint per 12 m block with a grid of dark windows."""
     block = np.floor(p[:, 0] / 12.0)
     tint = hash_noise(block, np.sign(p[:, 1]), salt=7)
-    col = np.stack([150 + 60 * tint, 130 + 40 * tint, 110 + 30 * (1 - tint)], axis=1)
+    col: Float64Array = np.stack([150 + 60 * tint, 130 + 40 * tint, 110 + 30 * (1 - tint)], axis=1)
     window = (np.mod(p[:, 0], 3.0) > 1.2) & (np.mod(p[:, 2], 3.5) > 1.4) & (p[:, 2] > 1.0)
     col[window] = np.array([60.0, 70.0, 90.0])
     col[p[:, 2] > WALL_HEIGHT - 0.3] *= 0.7

@@ -68,7 +68,7 @@ class SynthConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SynthConfig":
+    def from_json(cls, data: dict[str, Any]) -> SynthConfig:
         d = dict(data)
         for key in ("image_size", "objects_per_scene"):
             if key in d:

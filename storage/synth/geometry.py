@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.arrays import Float64Array, Int64Array
+
 #: Building facades are this tall (m); above them is sky.
 WALL_HEIGHT = 14.0
 
@@ -26,13 +28,13 @@ class BoxHits:
         face_sign: ``(R,)`` float64 +-1: side of that face.
     """
 
-    t: np.ndarray
-    local: np.ndarray
-    face_axis: np.ndarray
-    face_sign: np.ndarray
+    t: Float64Array
+    local: Float64Array
+    face_axis: Int64Array
+    face_sign: Float64Array
 
 
-def ray_box(origin: np.ndarray, dirs: np.ndarray, box: np.ndarray) -> BoxHits:
+def ray_box(origin: Float64Array, dirs: Float64Array, box: Float64Array) -> BoxHits:
     """Slab-method intersection of rays with one oriented box.
 
     Args:
@@ -67,7 +69,7 @@ def ray_box(origin: np.ndarray, dirs: np.ndarray, box: np.ndarray) -> BoxHits:
     return BoxHits(t=t, local=local, face_axis=axis, face_sign=sign)
 
 
-def ray_ground(origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+def ray_ground(origin: Float64Array, dirs: Float64Array) -> Float64Array:
     """``(R,)`` ray parameter where rays meet the ground ``z = 0`` (``inf`` if never)."""
     dz = dirs[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -75,7 +77,7 @@ def ray_ground(origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     return np.where(dz < -1e-9, t, np.inf)
 
 
-def ray_walls(origin: np.ndarray, dirs: np.ndarray, wall_offset: tuple[float, float]) -> np.ndarray:
+def ray_walls(origin: Float64Array, dirs: Float64Array, wall_offset: tuple[float, float]) -> Float64Array:
     """``(R,)`` ray parameter where rays meet the facades ``y = +wall_offset[0]`` and
     ``y = -wall_offset[1]`` below :data:`WALL_HEIGHT` (``inf`` if never)."""
     dy = dirs[:, 1]
@@ -87,7 +89,7 @@ def ray_walls(origin: np.ndarray, dirs: np.ndarray, wall_offset: tuple[float, fl
     return np.where(ok, t, np.inf)
 
 
-def azimuth_span(origin: np.ndarray, box: np.ndarray) -> tuple[float, float]:
+def azimuth_span(origin: Float64Array, box: Float64Array) -> tuple[float, float]:
     """Azimuth interval ``(lo, hi)`` (rad, ``hi - lo < pi``, ``lo`` may be < -pi) the box covers
     seen from ``origin`` in the xy plane. Exact for a box whose footprint excludes the origin
     (the angular extent of a convex polygon is reached at its vertices)."""
@@ -100,7 +102,7 @@ def azimuth_span(origin: np.ndarray, box: np.ndarray) -> tuple[float, float]:
     return float(centre + rel.min()), float(centre + rel.max())
 
 
-def hash_noise(ix: np.ndarray, iy: np.ndarray, salt: int = 0) -> np.ndarray:
+def hash_noise(ix: Float64Array, iy: Float64Array, salt: int = 0) -> Float64Array:
     """Deterministic value noise in ``[0, 1)`` of integer lattice coordinates (textures)."""
     h = (ix.astype(np.int64) * 73856093) ^ (iy.astype(np.int64) * 19349663) ^ (salt * 83492791)
     h = (h ^ (h >> 13)) * 1274126177

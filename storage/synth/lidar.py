@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.arrays import Float32Array, Float64Array, Int64Array
 from storage.synth.config import SynthConfig
 from storage.synth.geometry import azimuth_span, hash_noise, ray_box, ray_ground, ray_walls
 from storage.synth.scene import CLASS_SPECS, LIDAR, Scene, rot_z
@@ -33,12 +34,12 @@ class Sweep:
             (0 when no ray crosses it).
     """
 
-    points: np.ndarray
-    num_hits: np.ndarray
-    visible_fraction: np.ndarray
+    points: Float32Array
+    num_hits: Int64Array
+    visible_fraction: Float64Array
 
 
-def beam_directions(config: SynthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def beam_directions(config: SynthConfig) -> tuple[Float64Array, Int64Array, Float64Array]:
     """Unit ray directions in the lidar frame.
 
     Returns:
@@ -52,7 +53,7 @@ def beam_directions(config: SynthConfig) -> tuple[np.ndarray, np.ndarray, np.nda
     return dirs.reshape(-1, 3), ring, az
 
 
-def _columns(lo: float, hi: float, az: np.ndarray) -> np.ndarray:
+def _columns(lo: float, hi: float, az: Float64Array) -> Int64Array:
     """Azimuth column indices inside ``[lo, hi]`` (wrapping at +-pi)."""
     step = az[1] - az[0]
     first = int(np.floor((lo + np.pi) / step))
@@ -98,7 +99,7 @@ def simulate_sweep(config: SynthConfig, scene: Scene, t: float, rng: np.random.G
     return Sweep(points=points, num_hits=num_hits, visible_fraction=visible)
 
 
-def _inset(boxes: np.ndarray, k: np.ndarray, local: np.ndarray) -> np.ndarray:
+def _inset(boxes: Float64Array, k: Int64Array, local: Float64Array) -> Float64Array:
     """Box-frame entry points pulled :data:`INSET` m inside their box, back in the scene frame."""
     half = boxes[k, 3:6] / 2 - INSET
     local = np.clip(local, -half, half)
@@ -109,7 +110,7 @@ def _inset(boxes: np.ndarray, k: np.ndarray, local: np.ndarray) -> np.ndarray:
     return out
 
 
-def _intensity(p: np.ndarray, k: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _intensity(p: Float64Array, k: Int64Array, labels: Int64Array, rng: np.random.Generator) -> Float64Array:
     """Plausible 0-255 reflectivity: a per-class base on objects; asphalt, lane markings,
     pavement and facades elsewhere; Gaussian noise (sigma 2), rounded like nuScenes."""
     base = np.full(len(p), 25.0)  # facades
@@ -121,4 +122,5 @@ def _intensity(p: np.ndarray, k: np.ndarray, labels: np.ndarray, rng: np.random.
     base[marking] = 70.0
     class_base = np.array([CLASS_SPECS[c].intensity for c in NUSCENES_CLASSES])
     base[k >= 0] = class_base[labels[k[k >= 0]]]
-    return np.clip(np.round(base + rng.normal(0.0, 2.0, size=len(p))), 0, 255)
+    out: Float64Array = np.clip(np.round(base + rng.normal(0.0, 2.0, size=len(p))), 0, 255)
+    return out

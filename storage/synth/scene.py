@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.arrays import Float64Array, Int64Array
 from storage.boxes import BOX_DIM
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES
 from storage.synth.config import SynthConfig
 from storage.transforms import make_transform
 
 
-def rot_z(yaw: float) -> np.ndarray:
+def rot_z(yaw: float) -> Float64Array:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
@@ -42,16 +43,20 @@ class ClassSpec:
 #: Keyed by detection class name; sizes are nuScenes class means (rounded).
 CLASS_SPECS: dict[str, ClassSpec] = {
     "car": ClassSpec(category="vehicle.car", lwh=(4.6, 1.95, 1.73), colour=(200, 40, 40), intensity=40,
-                     p_moving=0.45, speed=(4.0, 11.0), moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
+                     p_moving=0.45, speed=(4.0, 11.0),
+                     moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
     "truck": ClassSpec(category="vehicle.truck", lwh=(6.9, 2.5, 2.8), colour=(40, 90, 200), intensity=35,
-                       p_moving=0.35, speed=(3.0, 9.0), moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
+                       p_moving=0.35, speed=(3.0, 9.0),
+                       moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
     "construction_vehicle": ClassSpec(category="vehicle.construction", lwh=(6.4, 2.8, 3.2), colour=(230, 180, 20),
                                       intensity=45, p_moving=0.1, speed=(1.0, 3.0),
                                       moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
     "bus": ClassSpec(category="vehicle.bus.rigid", lwh=(11.0, 2.9, 3.5), colour=(30, 150, 60), intensity=30,
-                     p_moving=0.5, speed=(3.0, 9.0), moving_attribute="vehicle.moving", static_attribute="vehicle.stopped"),
+                     p_moving=0.5, speed=(3.0, 9.0),
+                     moving_attribute="vehicle.moving", static_attribute="vehicle.stopped"),
     "trailer": ClassSpec(category="vehicle.trailer", lwh=(12.0, 2.9, 3.8), colour=(120, 80, 50), intensity=30,
-                         p_moving=0.15, speed=(3.0, 8.0), moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
+                         p_moving=0.15, speed=(3.0, 8.0),
+                         moving_attribute="vehicle.moving", static_attribute="vehicle.parked"),
     "barrier": ClassSpec(category="movable_object.barrier", lwh=(0.5, 2.5, 1.0), colour=(235, 235, 235), intensity=60,
                          p_moving=0.0, speed=(0.0, 0.0), moving_attribute="", static_attribute=""),
     "motorcycle": ClassSpec(category="vehicle.motorcycle", lwh=(2.1, 0.8, 1.5), colour=(150, 40, 170), intensity=35,
@@ -85,16 +90,16 @@ class SensorSpec:
     time_offset_us: int = 0
 
     @property
-    def ego_from_sensor(self) -> np.ndarray:
+    def ego_from_sensor(self) -> Float64Array:
         yaw = np.deg2rad(self.yaw_deg)
         if self.modality == "lidar":
-            return make_transform(rot_z(yaw), self.translation)
+            return make_transform(rot_z(yaw), np.asarray(self.translation, dtype=np.float64))
         forward = np.array([np.cos(yaw), np.sin(yaw), 0.0])  # OpenCV: +z forward, +x right, +y down
         right = np.array([np.sin(yaw), -np.cos(yaw), 0.0])
         down = np.array([0.0, 0.0, -1.0])
-        return make_transform(np.stack([right, down, forward], axis=1), self.translation)
+        return make_transform(np.stack([right, down, forward], axis=1), np.asarray(self.translation, dtype=np.float64))
 
-    def intrinsic(self, image_size: tuple[int, int]) -> np.ndarray:
+    def intrinsic(self, image_size: tuple[int, int]) -> Float64Array:
         """``(3, 3)`` pinhole matrix for ``(width, height)`` pixels, square pixels, centred."""
         w, h = image_size
         f = (w / 2.0) / np.tan(np.deg2rad(self.fov_deg) / 2.0)
@@ -129,12 +134,13 @@ class EgoTrajectory:
     period: float
     phase: float
 
-    def scene_from_ego(self, t: float) -> np.ndarray:
+    def scene_from_ego(self, t: float) -> Float64Array:
         """``(4, 4)`` pose at ``t`` seconds after the first keyframe."""
         w = 2 * np.pi / self.period
         y = self.amplitude * (np.sin(w * t + self.phase) - np.sin(self.phase))
         dy = self.amplitude * w * np.cos(w * t + self.phase)
-        return make_transform(rot_z(float(np.arctan2(dy, self.speed))), (self.speed * t, y, 0.0))
+        return make_transform(rot_z(float(np.arctan2(dy, self.speed))),
+                              np.array([self.speed * t, y, 0.0], dtype=np.float64))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,11 +153,11 @@ class SceneObjects:
         attributes: ``K`` attribute names ('' for barrier / cone).
     """
 
-    boxes0: np.ndarray
-    labels: np.ndarray
+    boxes0: Float64Array
+    labels: Int64Array
     attributes: tuple[str, ...]
 
-    def boxes_at(self, t: float) -> np.ndarray:
+    def boxes_at(self, t: float) -> Float64Array:
         """``(K, 9)`` boxes at ``t`` seconds (centres moved by ``t * velocity``)."""
         b = self.boxes0.copy()
         b[:, :2] += t * b[:, 7:9]
@@ -164,20 +170,21 @@ class Scene:
     name: str
     ego: EgoTrajectory
     objects: SceneObjects
-    global_from_scene: np.ndarray
+    global_from_scene: Float64Array
     wall_offset: tuple[float, float]  # (+y facade, -y facade), m
     start_us: int
 
 
-def _obb_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+def _obb_overlap(a: Float64Array, b: Float64Array) -> bool:
     """Separating-axis test of two BEV rectangles ``[x, y, l, w, yaw]``."""
-    def axes(r):
+    def axes(r: Float64Array) -> Float64Array:
         c, s = np.cos(r[4]), np.sin(r[4])
         return np.array([[c, s], [-s, c]])
 
-    def corners(r):
+    def corners(r: Float64Array) -> Float64Array:
         ax = axes(r)
-        return r[:2] + np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]]) * [r[2] / 2, r[3] / 2] @ ax
+        out: Float64Array = r[:2] + np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]]) * [r[2] / 2, r[3] / 2] @ ax
+        return out
     ca, cb = corners(a), corners(b)
     for axis in np.concatenate([axes(a), axes(b)]):
         pa, pb = ca @ axis, cb @ axis
@@ -186,7 +193,7 @@ def _obb_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
-def _swept(box: np.ndarray, duration: float, margin: float) -> np.ndarray:
+def _swept(box: Float64Array, duration: float, margin: float) -> Float64Array:
     """BEV rectangle covering a box over ``[t_min, duration]`` (moves along its heading)."""
     speed = float(np.hypot(box[7], box[8]))
     t0 = -1.0  # sweeps before the first keyframe
@@ -197,7 +204,7 @@ def _swept(box: np.ndarray, duration: float, margin: float) -> np.ndarray:
     return np.array([mid[0], mid[1], box[3] + travel + 2 * margin, box[4] + 2 * margin, box[6]])
 
 
-def _propose(cls: str, rng: np.random.Generator, x_range: tuple[float, float]) -> tuple[np.ndarray, str]:
+def _propose(cls: str, rng: np.random.Generator, x_range: tuple[float, float]) -> tuple[Float64Array, str]:
     """A candidate ``(9,)`` box (scene frame, t = 0) and attribute for class ``cls``."""
     spec = CLASS_SPECS[cls]
     lwh = np.array(spec.lwh) * rng.uniform(0.9, 1.1, size=3)
@@ -238,8 +245,8 @@ def make_objects(rng: np.random.Generator, count: int, travel: float, duration: 
     """``count`` non-overlapping objects: one of each class close to the ego path, then extras."""
     classes = list(NUSCENES_CLASSES) + list(rng.choice(NUSCENES_CLASSES, size=count - len(NUSCENES_CLASSES),
                                                         p=CLASS_WEIGHTS / CLASS_WEIGHTS.sum()))
-    placed: list[np.ndarray] = []
-    swept: list[np.ndarray] = []
+    placed: list[Float64Array] = []
+    swept: list[Float64Array] = []
     labels, attributes = [], []
     for i, cls in enumerate(classes):
         near = i < len(NUSCENES_CLASSES)
@@ -285,6 +292,6 @@ def make_scene(config: SynthConfig, index: int, name: str) -> Scene:
     yaw = float(rng.uniform(-np.pi, np.pi))
     origin = (float(rng.uniform(300, 1500)), float(rng.uniform(300, 1500)), 0.0)
     return Scene(index=index, name=name, ego=ego, objects=objects,
-                 global_from_scene=make_transform(rot_z(yaw), origin),
+                 global_from_scene=make_transform(rot_z(yaw), np.asarray(origin, dtype=np.float64)),
                  wall_offset=(float(rng.uniform(17, 22)), float(rng.uniform(17, 22))),
                  start_us=1_533_000_000_000_000 + index * 60_000_000 + config.seed % 1000 * 1_000_000_000)

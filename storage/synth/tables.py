@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 
+from storage.arrays import Float64Array
 from storage.synth.scene import CAMERAS, CLASS_SPECS, LIDAR, SensorSpec
 from storage.transforms import quaternion_from_rotation
 
@@ -26,7 +27,7 @@ def visibility_token(fraction: float) -> str:
     return [tok for tok, _, lo in VISIBILITY if fraction >= lo][-1]
 
 
-def pose_record(transform: np.ndarray) -> dict:
+def pose_record(transform: Float64Array) -> dict[str, Any]:
     """``translation`` / ``rotation`` (w, x, y, z) of a ``(4, 4)`` pose as JSON lists."""
     return {"translation": [float(v) for v in transform[:3, 3]],
             "rotation": [float(v) for v in quaternion_from_rotation(transform[:3, :3])]}
@@ -37,7 +38,7 @@ class Tables:
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.records: dict[str, list[dict]] = {name: [] for name in TABLE_NAMES}
+        self.records: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLE_NAMES}
         self.map_token = self.token("map")
         self.records["map"].append({"token": self.map_token, "log_tokens": [], "category": "semantic_prior",
                                     "filename": f"maps/{self.map_token}.png"})
@@ -51,17 +52,17 @@ class Tables:
         for tok, level, _ in VISIBILITY:
             self.records["visibility"].append({"token": tok, "level": level,
                                                "description": f"visibility of whole object is {level[1:]} %"})
-        self.sensor_token = {}
-        for spec in (LIDAR, *CAMERAS):
-            self.sensor_token[spec.channel] = self.token("sensor", spec.channel)
-            self.records["sensor"].append({"token": self.sensor_token[spec.channel], "channel": spec.channel,
-                                           "modality": spec.modality})
+        self.sensor_token: dict[str, str] = {}
+        for sensor in (LIDAR, *CAMERAS):
+            self.sensor_token[sensor.channel] = self.token("sensor", sensor.channel)
+            self.records["sensor"].append({"token": self.sensor_token[sensor.channel], "channel": sensor.channel,
+                                           "modality": sensor.modality})
 
     def token(self, *parts: object) -> str:
         text = "|".join(["bevkd-synth", str(self.seed), *map(str, parts)])
         return hashlib.md5(text.encode()).hexdigest()
 
-    def add(self, table: str, record: dict) -> dict:
+    def add(self, table: str, record: dict[str, Any]) -> dict[str, Any]:
         self.records[table].append(record)
         return record
 
@@ -86,7 +87,7 @@ class Tables:
                 json.dump(self.records[name], f, indent=0)
 
 
-def link(records: list[dict]) -> None:
+def link(records: list[dict[str, Any]]) -> None:
     """Fill ``prev`` / ``next`` of time-ordered records ('' at the ends)."""
     for i, rec in enumerate(records):
         rec["prev"] = records[i - 1]["token"] if i > 0 else ""

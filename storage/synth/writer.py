@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def write_scene(config: SynthConfig, scene: Scene, split: str, root: Path, table
                for k, off in enumerate(keyframes)]
     link(samples)
     key_sweeps = _write_lidar(config, scene, root, tables, cs[LIDAR.channel], samples)
-    chains: dict[str, list[dict]] = {cam.channel: [] for cam in CAMERAS}
+    chains: dict[str, list[dict[str, Any]]] = {cam.channel: [] for cam in CAMERAS}
     for k, sample in enumerate(samples):
         stats.points_per_sweep.append(len(key_sweeps[k].points))
         stats.hits_per_box += key_sweeps[k].num_hits.tolist()
@@ -73,8 +74,8 @@ def _filename(root: Path, folder: str, channel: str, scene: Scene, timestamp: in
     return rel
 
 
-def _sample_data(tables: Tables, token: str, sample: dict, cs_token: str, timestamp: int, filename: str,
-                 key: bool, scene: Scene, t: float, image_size: tuple[int, int]) -> dict:
+def _sample_data(tables: Tables, token: str, sample: dict[str, Any], cs_token: str, timestamp: int, filename: str,
+                 key: bool, scene: Scene, t: float, image_size: tuple[int, int]) -> dict[str, Any]:
     """A sample_data record plus its ego_pose (same token, as in nuScenes)."""
     global_from_ego = scene.global_from_scene @ scene.ego.scene_from_ego(t)
     tables.add("ego_pose", {"token": token, "timestamp": timestamp, **pose_record(global_from_ego)})
@@ -86,7 +87,7 @@ def _sample_data(tables: Tables, token: str, sample: dict, cs_token: str, timest
 
 
 def _write_lidar(config: SynthConfig, scene: Scene, root: Path, tables: Tables, cs_token: str,
-                 samples: list[dict]) -> list[Sweep]:
+                 samples: list[dict[str, Any]]) -> list[Sweep]:
     records, key_sweeps = [], []
     for j, (off, key) in enumerate(lidar_times_us(config)):
         ts = scene.start_us + off
@@ -104,7 +105,7 @@ def _write_lidar(config: SynthConfig, scene: Scene, root: Path, tables: Tables, 
 
 
 def _write_cameras(config: SynthConfig, scene: Scene, root: Path, tables: Tables, cs: dict[str, str],
-                   sample: dict, key_off: int) -> dict[str, dict]:
+                   sample: dict[str, Any], key_off: int) -> dict[str, dict[str, Any]]:
     """Render and save the six images of one keyframe; returns their sample_data records."""
     from PIL import Image  # lazy: keep `import storage` light
 
@@ -121,7 +122,7 @@ def _write_cameras(config: SynthConfig, scene: Scene, root: Path, tables: Tables
     return out
 
 
-def _write_annotations(scene: Scene, tables: Tables, samples: list[dict], key_sweeps: list[Sweep]) -> None:
+def _write_annotations(scene: Scene, tables: Tables, samples: list[dict[str, Any]], key_sweeps: list[Sweep]) -> None:
     objs = scene.objects
     for k_obj, label in enumerate(objs.labels):
         cls = NUSCENES_CLASSES[label]

@@ -72,6 +72,8 @@ class DistillationLoss(nn.Module):
 
     Args:
         config: weights and settings.
+        depth_bins: the student's ``(d_min, d_max, step)`` (:attr:`student.config.DepthConfig.depth_bins`),
+            the bins of the BEVDepth BCE targets.
         student_grid: the student's BEV grid (``StudentOutput.bev_grid``).
         student_channels: channels of each student BEV map (``StudentModel.bev_channels``).
         head: the student's CenterHead (detection targets and loss).
@@ -81,13 +83,13 @@ class DistillationLoss(nn.Module):
         ValueError: a term is enabled but the teacher spec lacks what it needs.
     """
 
-    def __init__(self, config: DistillationConfig, *, student_grid: BEVGrid, student_channels: dict[str, int],
-                 head: CenterHead, teacher: TeacherSpec | None = None) -> None:
+    def __init__(self, config: DistillationConfig, *, depth_bins: tuple[float, float, float], student_grid: BEVGrid,
+                 student_channels: dict[str, int], head: CenterHead, teacher: TeacherSpec | None = None) -> None:
         super().__init__()
         self.config, self.student_grid, self.teacher = config, student_grid, teacher
         w = config.weights
         self.detection = DetectionLoss(head)
-        self.depth_bce = DepthBCELoss(config.depth_bins)
+        self.depth_bce = DepthBCELoss(depth_bins)
         self.dense, self.lgkd = DenseFeatureDistillation(), LiDARGuidedFeatureDistillation()
         self.depth_kl, self.heatmap_kd = DepthDistillation(), HeatmapDistillation()
         self.keypoint_kd = KeypointResponseDistillation()
@@ -114,9 +116,9 @@ class DistillationLoss(nn.Module):
     @classmethod
     def for_student(cls, config: DistillationConfig, student: nn.Module, teacher: TeacherSpec | None = None
                     ) -> "DistillationLoss":
-        """Build from a :class:`student.model.StudentModel` (grid, channels, head)."""
-        return cls(config, student_grid=student.config.bev_grid, student_channels=student.bev_channels,
-                   head=student.head, teacher=teacher)
+        """Build from a :class:`student.model.StudentModel` (depth bins, grid, channels, head)."""
+        return cls(config, depth_bins=student.config.depth.depth_bins, student_grid=student.config.bev_grid,
+                   student_channels=student.bev_channels, head=student.head, teacher=teacher)
 
     def _add_adapter(self, s: str, t: str, student_channels: dict[str, int]) -> None:
         assert self.teacher is not None

@@ -46,11 +46,11 @@ class LossWeights:
 
 @dataclass(frozen=True, kw_only=True)
 class DistillationConfig:
-    """Which maps are compared and how.
+    """Which maps are compared and how. The depth bins of the BEVDepth BCE targets are not here:
+    they are the student's (:attr:`student.config.DepthConfig.depth_bins`, the one source).
 
     Attributes:
         weights: per-term multipliers.
-        depth_bins: ``(d_min, d_max, step)`` of the student's depth net (BEVDepth BCE targets).
         feature_student / feature_teacher: student map (``StudentOutput.bev_map`` name) and
             teacher ``bev_features`` key for the dense, LGKD and adversarial feature terms.
         fusion_teacher: teacher keys of the SimDistill camera, LiDAR and fused maps.
@@ -66,7 +66,6 @@ class DistillationConfig:
     """
 
     weights: LossWeights = field(default_factory=LossWeights)
-    depth_bins: tuple[float, float, float] = (2.0, 58.0, 0.5)
     feature_student: str = "bev_feature"
     feature_teacher: str = "neck"
     fusion_teacher: tuple[str, str, str] = ("camera_bev", "lidar_bev", "fused_bev")
@@ -93,8 +92,10 @@ class DistillationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillationConfig":
+        """Inverse of :meth:`to_dict`. Dicts of older checkpoints carried ``depth_bins`` (a copy
+        of the student's); it is dropped, the student's config is the source."""
         d = dict(d)
+        d.pop("depth_bins", None)
         d["weights"] = LossWeights(**d["weights"])
-        d["depth_bins"] = tuple(d["depth_bins"])
         d["fusion_teacher"] = tuple(d["fusion_teacher"])
         return cls(**d)

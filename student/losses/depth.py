@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from teachers.lss import num_depth_bins
+
 
 def min_pool_depth(depth: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """``(..., h, w)`` sparse depth -> ``(..., h', w')``: the minimum *positive* depth of each
@@ -61,18 +63,29 @@ class DepthBCELoss(nn.Module):
     """BEVDepth §3.2: ``L = sum_{valid cells} sum_d BCE(p_d, onehot_d) / max(#valid, 1)``.
 
     Args:
-        depth_bins: ``(d_min, d_max, step)`` metres, as the student's :class:`DepthConfig`.
+        depth_bins: ``(d_min, d_max, step)`` metres: the student's
+            :attr:`student.config.DepthConfig.depth_bins` (the one source; bin count from
+            :func:`teachers.lss.num_depth_bins`).
     """
 
     def __init__(self, depth_bins: tuple[float, float, float]) -> None:
         super().__init__()
-        self.depth_bins = tuple(float(v) for v in depth_bins)
+        d_min, d_max, step = (float(v) for v in depth_bins)
+        self.depth_bins = (d_min, d_max, step)
+        self.num_bins = num_depth_bins(self.depth_bins)
 
     def forward(self, depth_probs: torch.Tensor, lidar_depth: torch.Tensor) -> torch.Tensor:
-        """``depth_probs (B, N, D, h, w)`` softmax; ``lidar_depth (B, N, h*f, w*f)`` m -> scalar."""
-        num_bins = depth_probs.shape[2]
+        """``depth_probs (B, N, D, h, w)`` softmax; ``lidar_depth (B, N, h*f, w*f)`` m -> scalar.
+
+        Raises:
+            ValueError: ``D`` differs from the bin count of ``depth_bins`` (the depth net and
+                the loss disagree on the bins).
+        """
+        if depth_probs.shape[2] != self.num_bins:
+            raise ValueError(f"DepthBCELoss: depth_probs have {depth_probs.shape[2]} bins, depth_bins "
+                             f"{self.depth_bins} give {self.num_bins}; build the loss from the student's DepthConfig")
         depth = min_pool_depth(lidar_depth.to(depth_probs.dtype), tuple(depth_probs.shape[-2:]))
-        target, valid = depth_one_hot(depth, self.depth_bins, num_bins)  # (B,N,h,w,D), (B,N,h,w)
+        target, valid = depth_one_hot(depth, self.depth_bins, self.num_bins)  # (B,N,h,w,D), (B,N,h,w)
         pred = depth_probs.permute(0, 1, 3, 4, 2)[valid].clamp(1e-6, 1 - 1e-6)
         bce = F.binary_cross_entropy(pred, target[valid], reduction="sum")
         return bce / valid.sum().clamp(min=1).to(bce.dtype)

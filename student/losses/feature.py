@@ -40,8 +40,7 @@ def gaussian_soft_mask(boxes: Sequence[torch.Tensor], grid: BEVGrid, *, min_radi
         ``(B, H, W)`` float32 in [0, 1].
     """
     h, w = grid.bev_shape
-    vx, vy = grid.voxel_size[0], grid.voxel_size[1]
-    x0, y0 = grid.point_cloud_range[0], grid.point_cloud_range[1]
+    vx, vy, _ = grid.voxel_size
     dev = boxes[0].device if len(boxes) else torch.device("cpu")
     out = torch.zeros((len(boxes), h * w), device=dev)
     for i, bx in enumerate(boxes):
@@ -51,7 +50,7 @@ def gaussian_soft_mask(boxes: Sequence[torch.Tensor], grid: BEVGrid, *, min_radi
         r = torch.tensor([max(min_radius, int(gaussian_radius(float(l) / vx, float(wd) / vy, min_overlap)))
                           for l, wd in b[:, 3:5].tolist()], device=dev, dtype=torch.float32)
         sigma2 = ((2 * r + 1) / 6.0) ** 2
-        cx, cy = (b[:, 0] - x0) / vx, (b[:, 1] - y0) / vy  # continuous cell coordinates
+        cy, cx = grid.metric_to_cell_float(b[:, :2]).unbind(-1)  # continuous cell coordinates
         reach = int(r.max()) + 1
         off = torch.arange(-reach, reach + 1, device=dev)
         cols = cx.floor().long()[:, None] + off[None]  # (M, K) window around each centre

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage.grid import BEVGrid
-from student.losses.response import sample_bev
+from teachers.bev_sampling import sample_bev
 
 
 class InstanceInfoNCE(nn.Module):
@@ -63,7 +63,7 @@ class InstanceInfoNCE(nn.Module):
                 keep = scores[b] >= self.min_score
             if int(keep.sum()) == 0:
                 continue
-            s = sample_bev(student_bev[b], bx[keep][:, :2].float(), grid)  # (M, C)
+            s = sample_bev(student_bev[b:b + 1], grid, [bx[keep][:, :2].float()])[0]  # (M, C)
             s = F.normalize(self.student_proj(s), dim=-1)
             t = F.normalize(self.teacher_proj(tf[keep].float().detach()), dim=-1)
             logits = s @ t.T / self.temperature

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from storage.grid import BEVGrid
+from teachers.bev_sampling import sample_bev
 
 
 class HeatmapDistillation(nn.Module):
@@ -41,16 +42,6 @@ def box_keypoints(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([boxes[:, 0:1] + lx * c - ly * s, boxes[:, 1:2] + lx * s + ly * c], dim=-1)
 
 
-def sample_bev(maps: torch.Tensor, xy: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
-    """Bilinear values of ``maps (C, H, W)`` at metric points ``xy (P, 2)`` -> ``(P, C)``
-    (cell values sit at cell centres; outside the grid reads 0)."""
-    pcr = grid.point_cloud_range
-    gx = (xy[:, 0] - pcr[0]) / (pcr[3] - pcr[0]) * 2 - 1
-    gy = (xy[:, 1] - pcr[1]) / (pcr[4] - pcr[1]) * 2 - 1
-    g = torch.stack([gx, gy], dim=-1).to(maps.dtype)[None, None]  # (1, 1, P, 2)
-    return F.grid_sample(maps[None], g, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0].T
-
-
 class KeypointResponseDistillation(nn.Module):
     """UniDistill response distillation: ``L = mean_{objects, keypoints, classes} |sigmoid(z_s) - p_t|``
     at :func:`box_keypoints` of each box (teacher or GT boxes), sampled bilinearly."""
@@ -63,8 +54,8 @@ class KeypointResponseDistillation(nn.Module):
             if len(bx) == 0:
                 continue
             kp = box_keypoints(bx.float().reshape(-1, 9)).reshape(-1, 2)
-            s = sample_bev(student_logits[b].sigmoid(), kp, grid)
-            t = sample_bev(teacher_probs[b].detach(), kp, grid)
+            s = sample_bev(student_logits[b:b + 1].sigmoid(), grid, [kp])[0]
+            t = sample_bev(teacher_probs[b:b + 1].detach(), grid, [kp])[0]
             diffs.append((s - t).abs().reshape(-1))
         if not diffs:
             return student_logits.sum() * 0.0

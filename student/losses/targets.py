@@ -1,5 +1,5 @@
 """What the distillation losses read from a teacher: the same container whether the targets
-come from the cache (:class:`storage.targets.SampleTargets` rows, collated) or from a live
+come from the cache (:class:`storage.cache.row.CacheRow` rows, collated) or from a live
 teacher (:class:`teachers.output.TeacherOutput`), so "cached = online" is one equality test.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from storage.grid import BEVGrid
-from storage.targets import SampleTargets
+from storage.cache.row import CacheRow
 from student.augment import warp_bev, warp_boxes
 from teachers.output import TeacherOutput
 
@@ -36,7 +36,7 @@ class TeacherSpec:
 
 @dataclass(kw_only=True, eq=False)
 class TeacherTargets:
-    """A batch of teacher targets as torch tensors (fields of :class:`SampleTargets`, batched).
+    """A batch of teacher targets as torch tensors (fields of :class:`CacheRow`, batched).
 
     Attributes:
         bev_grid: grid of every BEV map, heatmap and mask below.
@@ -63,7 +63,7 @@ class TeacherTargets:
     view_mask: torch.Tensor | None = None
 
     @classmethod
-    def from_samples(cls, rows: Sequence[SampleTargets], bev_grid: BEVGrid,
+    def from_samples(cls, rows: Sequence[CacheRow], bev_grid: BEVGrid,
                      device: torch.device | str = "cpu") -> "TeacherTargets":
         """Collate cached rows. A field missing (None) in any row is None in the batch; BEV
         feature names are those present in every row. float16 storage becomes float32."""

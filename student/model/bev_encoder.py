@@ -8,18 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class _ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
-                                  nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(c_out))
-        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
-                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.skip(x))
+from teachers.blocks import ResBlock
 
 
 class BEVEncoder(nn.Module):
@@ -33,8 +22,8 @@ class BEVEncoder(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         mid = out_channels
-        self.stage1 = nn.Sequential(_ResBlock(in_channels, mid), _ResBlock(mid, mid))
-        self.stage2 = nn.Sequential(_ResBlock(mid, 2 * mid, stride=2), _ResBlock(2 * mid, 2 * mid))
+        self.stage1 = nn.Sequential(ResBlock(in_channels, mid), ResBlock(mid, mid))
+        self.stage2 = nn.Sequential(ResBlock(mid, 2 * mid, stride=2), ResBlock(2 * mid, 2 * mid))
         self.fuse = nn.Sequential(nn.Conv2d(3 * mid, out_channels, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 

@@ -15,11 +15,13 @@ from torch import nn
 from student.config import StudentConfig
 from student.model.bev_encoder import BEVEncoder
 from student.model.fpn import FPN
-from student.model.lss import DepthNet, camera_params, depth_bin_centers, frustum_points, voxel_pool
+from student.model.depth_net import DepthNet, camera_params
 from student.model.resnet import ResNet, load_torchvision_weights
-from student.model.simdistill import ConvFuser, GeometryCompensation
+from student.model.simdistill import GeometryCompensation
 from student.model.types import StudentBatch, StudentOutput
+from teachers.blocks import ConvFuser
 from teachers.centerhead import NUSCENES_NMS_RADIUS, CenterHead, CenterHeadConfig, decode_boxes
+from teachers.lss import depth_bin_centers, frustum_points, voxel_pool
 
 
 class StudentModel(nn.Module):
@@ -43,7 +45,7 @@ class StudentModel(nn.Module):
         d = config.depth
         self.depth_net = DepthNet(config.fpn_channels, d.mid_channels, config.context_channels, d.num_depth_bins,
                                   d.camera_aware)
-        self.register_buffer("depth_centers", depth_bin_centers(d.depth_bins, d.num_depth_bins), persistent=False)
+        self.register_buffer("depth_centers", depth_bin_centers(d.depth_bins), persistent=False)
         enc_in = config.context_channels
         if config.simdistill:
             self.geometry = GeometryCompensation(config.context_channels, config.bev_channels)
@@ -66,9 +68,9 @@ class StudentModel(nn.Module):
     def _check(self, batch: StudentBatch) -> None:
         b, n, _, h, w = batch.images.shape
         c = self.config
-        if (h, w) != tuple(c.image_size) or n != c.num_cameras:
+        if (h, w) != tuple(c.image_hw) or n != c.num_cameras:
             raise ValueError(f"StudentModel: images {tuple(batch.images.shape)} (samples {batch.sample_tokens[:3]}) "
-                             f"do not match config (B, {c.num_cameras}, 3, {c.image_size[0]}, {c.image_size[1]})")
+                             f"do not match config (B, {c.num_cameras}, 3, {c.image_hw[0]}, {c.image_hw[1]})")
         for name in ("cam_intrinsic", "lidar_from_cam", "img_aug"):
             t = getattr(batch, name)
             if tuple(t.shape[:2]) != (b, n):
@@ -88,8 +90,8 @@ class StudentModel(nn.Module):
         depth_logits, context = self.depth_net(feat, cam)
         depth_probs = depth_logits.softmax(dim=1)
         hw = tuple(feat.shape[-2:])
-        points = frustum_points(batch.cam_intrinsic, batch.lidar_from_cam, batch.img_aug, hw,
-                                self.config.feature_stride, self.depth_centers, batch.bev_aug)
+        points = frustum_points(batch.cam_intrinsic, batch.lidar_from_cam, hw, self.config.feature_stride,
+                                self.depth_centers, img_aug=batch.img_aug, bev_aug=batch.bev_aug)
         unflat = (lambda t: t.reshape(b, n, *t.shape[1:]))
         camera_bev = voxel_pool(points, unflat(depth_probs), unflat(context), self.config.bev_grid)
         sim_lidar_bev = fused_bev = None

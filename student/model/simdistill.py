@@ -7,8 +7,8 @@ to where LiDAR would place them), and fuses both streams as the fusion teacher d
 
 Simplification (stated, not hidden): geometry compensation here is one offset-predicting
 conv that resamples the camera BEV at ``cell + offset`` (bilinear, a single-tap deformable
-sampling) followed by a 3x3 conv block; the fuser is concat + 3x3 conv (BEVFusion's
-ConvFuser). No deformable-conv CUDA op is needed.
+sampling) followed by a 3x3 conv block; the fuser is BEVFusion's concat + 3x3 conv
+(:class:`teachers.blocks.ConvFuser`). No deformable-conv CUDA op is needed.
 """
 
 from __future__ import annotations
@@ -46,14 +46,3 @@ class GeometryCompensation(nn.Module):
         moved = F.grid_sample(camera_bev, torch.stack([gx, gy], dim=-1), mode="bilinear",
                               padding_mode="zeros", align_corners=False)
         return self.block(moved)
-
-
-class ConvFuser(nn.Module):
-    """Concatenate camera and (simulated) LiDAR BEV maps and fuse with a 3x3 conv block."""
-
-    def __init__(self, camera_channels: int, lidar_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.block = _conv_block(camera_channels + lidar_channels, out_channels)
-
-    def forward(self, camera_bev: torch.Tensor, lidar_bev: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.cat([camera_bev, lidar_bev], dim=1))

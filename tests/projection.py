@@ -1,4 +1,5 @@
-"""Projection of LiDAR points into the cameras."""
+"""Projection of LiDAR points into the cameras: an independent reference for tests
+(production code projects in :mod:`teachers.cache_row`)."""
 
 from __future__ import annotations
 

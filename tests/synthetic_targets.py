@@ -1,4 +1,4 @@
-"""Synthetic :class:`SampleTargets` with realistic statistics, for tests, benches and demos.
+"""Synthetic :class:`CacheRow` with realistic statistics, for tests and benches (a test fixture).
 
 BEV features imitate post-ReLU detector maps: spatially smooth (low-resolution noise upsampled),
 about half zeros, per-channel gains spread log-normally. LiDAR depth is sparse (a few percent of
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.targets import SampleTargets
+from storage.cache.row import CacheRow
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,13 +58,13 @@ def smooth_relu_features(rng: np.random.Generator, c: int, h: int, w: int, zero_
 def _heatmap(rng: np.random.Generator, k: int, h: int, w: int, centres: np.ndarray, labels: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     hm = np.zeros((k, h, w), np.float32)
-    for (cy, cx), lab in zip(centres, labels):
+    for (cy, cx), lab in zip(centres, labels, strict=True):
         sigma = rng.uniform(0.7, 2.0)
         hm[lab] = np.maximum(hm[lab], np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2)))
     return hm
 
 
-def synthetic_targets(rng: np.random.Generator, cfg: SyntheticTargetsConfig = SyntheticTargetsConfig()) -> SampleTargets:
+def synthetic_targets(rng: np.random.Generator, cfg: SyntheticTargetsConfig = SyntheticTargetsConfig()) -> CacheRow:
     """One row of synthetic targets (see the module docstring); all float arrays float32."""
     h, w = cfg.bev_shape
     m = cfg.num_boxes
@@ -76,7 +76,7 @@ def synthetic_targets(rng: np.random.Generator, cfg: SyntheticTargetsConfig = Sy
     yy, xx = np.mgrid[0:h, 0:w]
     angle = np.arctan2(yy - h / 2 + 0.5, xx - w / 2 + 0.5)
     view_mask = np.stack([np.cos(angle - a) > 0.3 for a in np.linspace(0, 2 * np.pi, 6, endpoint=False)])
-    out = SampleTargets(
+    out = CacheRow(
         bev_features={name: smooth_relu_features(rng, c, h, w, cfg.zero_fraction) for name, c in cfg.bev_channels},
         heatmap=heatmap, boxes=boxes, scores=rng.uniform(0.1, 1.0, m).astype(np.float32), labels=labels,
         instance_features=(rng.standard_normal((m, cfg.instance_channels)).astype(np.float32)

@@ -1,4 +1,8 @@
-"""Network-free LiDAR-guided distillation targets (numpy), computed once per sample for the cache.
+"""A sample's cache row: the teacher's output plus the network-free LiDAR-guided targets (numpy).
+
+:func:`build_cache_row` is the one function that assembles a row; the cache job, schema planning
+(:func:`pipeline.cache_plan.build_schema`), the online-teacher loader
+(:class:`student.dataset.StudentDataset`) and the tests call it. The LiDAR-guided targets:
 
 * Foreground masks on the BEV grid: from GT boxes (BEV-LGKD, Li et al. 2022, §3.2 "LiDAR-guided
   foreground mask"; BEVDistill, Chen et al. ICLR 2023, §3.2 foreground-guided feature
@@ -16,15 +20,21 @@ optical axis (+z of the OpenCV camera frame), metres, 0 = no point.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from storage.boxes import points_in_boxes
+from storage.cache.row import CacheRow
 from storage.grid import BEVGrid
 from storage.sample import CAMERA_NAMES, Sample
-from storage.targets import SampleTargets
 from storage.transforms import invert_transform
 from teachers.center_targets import build_center_targets
 from teachers.input import resize_intrinsic
+from teachers.output import TeacherOutput
+
+#: The network-free targets :func:`build_cache_row` adds to the teacher's.
+LIDAR_TARGETS = ("fg_mask", "view_mask", "lidar_depth")
 
 
 def fg_mask_from_boxes(gt_boxes: np.ndarray, bev_grid: BEVGrid) -> np.ndarray:
@@ -115,7 +125,7 @@ def view_masks(cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray, image_size
     xy = bev_grid.cell_centers().reshape(-1, 2)
     col = np.concatenate([np.concatenate([xy, np.full((len(xy), 1), z)], 1) for z in heights])
     out = np.zeros((len(cam_intrinsic), h, w), dtype=bool)
-    for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam)):
+    for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam, strict=True)):
         uv, depth = _project(col, k, l2c)
         with np.errstate(invalid="ignore"):
             vis = ((depth > min_depth) & (depth <= max_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < image_size[0])
@@ -137,10 +147,11 @@ def lidar_depth_maps(points: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_c
     wi, hi = image_size
     hs, ws = hi // stride, wi // stride
     out = np.full((len(cam_intrinsic), hs, ws), np.inf, dtype=np.float64)
-    for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam)):
+    for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam, strict=True)):
         uv, depth = _project(points, k, l2c)
         with np.errstate(invalid="ignore"):
-            ok = (depth > min_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < ws * stride) & (uv[:, 1] >= 0) & (uv[:, 1] < hs * stride)
+            ok = ((depth > min_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < ws * stride) & (uv[:, 1] >= 0)
+                  & (uv[:, 1] < hs * stride))
         r = (uv[ok, 1] // stride).astype(np.int64)
         q = (uv[ok, 0] // stride).astype(np.int64)
         np.minimum.at(out[c], (r, q), depth[ok])
@@ -159,28 +170,55 @@ def scaled_cameras(sample: Sample, image_size: tuple[int, int]) -> tuple[np.ndar
     return np.stack(ks), np.stack(l2c)
 
 
-def build_lidar_targets(sample: Sample, bev_grid: BEVGrid, depth_stride: int, image_size: tuple[int, int],
-                        max_depth: float = 60.0) -> SampleTargets:
-    """The network-free targets of one sample for the cache job.
+def build_cache_row(teacher_output: TeacherOutput | None, sample: Sample, *, image_wh: tuple[int, int],
+                    index: int = 0, bev_grid: BEVGrid | None = None, depth_stride: int = 16, max_depth: float = 60.0,
+                    view_matrix: np.ndarray | None = None, lidar_targets: Collection[str] = LIDAR_TARGETS,
+                    lidar_depth: np.ndarray | None = None) -> CacheRow:
+    """The cache row of one ``(sample, view)``: sample ``index`` of ``teacher_output`` (numpy) plus
+    the LiDAR-guided targets of ``sample``.
 
     Args:
-        sample: the sample (points, GT boxes, cameras), lidar frame.
-        bev_grid: the teacher's output grid (masks are ``(H, W)`` on it).
-        depth_stride: pixel stride of the depth maps (BEVDepth uses 16).
-        image_size: ``(w, h)`` of the student's (resized) images.
-        max_depth: frustum depth limit of the view masks, m.
+        teacher_output: the teacher's batch output on ``sample``, or None for the network-free
+            part only (online distillation: the network part comes from the live teacher).
+        sample: the sample as the row sees it: for a BEV-augmented view, points, GT boxes and
+            ``lidar_from_cam`` already moved by ``view_matrix`` (:func:`pipeline.cache_job.augment_sample`).
+        image_wh: ``(w, h)`` pixels of the student's resized images; ``view_mask`` and
+            ``lidar_depth`` use the intrinsics scaled to it.
+        index: the sample's index in ``teacher_output``'s batch.
+        bev_grid: the grid of the masks; default ``teacher_output.bev_grid``.
+        depth_stride: pixel stride of ``lidar_depth`` (BEVDepth §3.2 uses 16).
+        max_depth: frustum depth limit of ``view_mask``, m.
+        view_matrix: ``(4, 4)`` float64 ``aug_from_lidar`` of the row; default identity.
+        lidar_targets: which of :data:`LIDAR_TARGETS` to build.
+        lidar_depth: the sample's ``(6, h // stride, w // stride)`` depth maps when already built
+            (camera frame: the same for every view of a sample).
 
     Returns:
-        :class:`SampleTargets` with ``fg_mask (H, W)`` (:func:`fg_mask_from_boxes`), ``view_mask
-        (6, H, W)`` and ``lidar_depth (6, h // stride, w // stride)``.
+        the row: the teacher's targets, ``fg_mask (H, W)`` (:func:`fg_mask_from_boxes`),
+        ``view_mask (6, H, W)`` (:func:`view_masks`), ``lidar_depth`` (:func:`lidar_depth_maps`).
+
+    Raises:
+        ValueError: neither ``teacher_output`` nor ``bev_grid`` is given.
     """
-    ks, l2c = scaled_cameras(sample, image_size)
-    return SampleTargets(
-        fg_mask=fg_mask_from_boxes(sample.gt_boxes, bev_grid),
-        view_mask=view_masks(ks, l2c, image_size, bev_grid, max_depth=max_depth),
-        lidar_depth=lidar_depth_maps(sample.points, ks, l2c, image_size, depth_stride),
-    )
+    grid = bev_grid if bev_grid is not None else (teacher_output.bev_grid if teacher_output is not None else None)
+    if grid is None:
+        raise ValueError(f"sample {sample.sample_token}: build_cache_row needs a teacher output or a bev_grid")
+    row = teacher_output.row(index) if teacher_output is not None else CacheRow()
+    row.sample_token = sample.sample_token
+    if view_matrix is not None:
+        row.view_matrix = np.asarray(view_matrix, dtype=np.float64)
+    if "fg_mask" in lidar_targets:
+        row.fg_mask = fg_mask_from_boxes(sample.gt_boxes, grid)
+    if "view_mask" in lidar_targets or ("lidar_depth" in lidar_targets and lidar_depth is None):
+        ks, l2c = scaled_cameras(sample, image_wh)
+        if "view_mask" in lidar_targets:
+            row.view_mask = view_masks(ks, l2c, image_wh, grid, max_depth=max_depth)
+        if "lidar_depth" in lidar_targets and lidar_depth is None:
+            lidar_depth = lidar_depth_maps(sample.points, ks, l2c, image_wh, depth_stride)
+    if "lidar_depth" in lidar_targets:
+        row.lidar_depth = lidar_depth
+    return row
 
 
-__all__ = ["build_lidar_targets", "fg_mask_from_boxes", "fg_mask_from_points", "gaussian_fg_heatmap",
+__all__ = ["LIDAR_TARGETS", "build_cache_row", "fg_mask_from_boxes", "fg_mask_from_points", "gaussian_fg_heatmap",
            "lidar_depth_maps", "scaled_cameras", "view_masks"]
