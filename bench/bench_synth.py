@@ -15,17 +15,17 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/storage.py is not `storage`
 sys.path.insert(0, os.path.dirname(_HERE))
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from storage.synth import SynthConfig, SynthSummary, generate_dataset
-from storage.synth.camera import render_camera
-from storage.synth.lidar import simulate_sweep
-from storage.synth.scene import CAMERAS, make_scene
+from storage.synth import SynthConfig, SynthSummary, generate_dataset  # noqa: E402
+from storage.synth.camera import render_camera  # noqa: E402
+from storage.synth.lidar import simulate_sweep  # noqa: E402
+from storage.synth.scene import CAMERAS, make_scene  # noqa: E402
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from student.config import StudentConfig  # noqa: E402
 from student.dataset import Collate, DataConfig, StudentDataset  # noqa: E402
 from student.losses import DistillationConfig, DistillationLoss, LossWeights  # noqa: E402
 from student.model import StudentModel  # noqa: E402
-from student.targets_batch import live_teacher_targets, packed_to_teacher_targets, spec_from_schema  # noqa: E402
+from student.packed_targets import live_teacher_targets, packed_to_teacher_targets, spec_from_schema  # noqa: E402
 from student.trainer import StudentWithLoss, default_distillation, required_targets  # noqa: E402
 from storage.cache import CacheReader  # noqa: E402
 from teachers.centerpoint import CenterPointTeacher  # noqa: E402
@@ -54,7 +54,8 @@ def _setup(root: Path, student: StudentConfig, batch_size: int):
     kd = default_distillation(spec, stored)
     data = DataConfig(depth_image_size=wh)
     datasets = {"no_kd": StudentDataset(reader, student, data, seed=1),  # the trainer reads only what the losses need:
-                "cached": StudentDataset(reader, student, data, cache=cache, seed=1, cache_targets=required_targets(kd)),
+                "cached": StudentDataset(reader, student, data, cache=cache, seed=1,
+                                         cache_targets=required_targets(kd)),
                 "online": StudentDataset(reader, student, data, seed=1, online_grid=teacher.out_grid)}
     return teacher, datasets, spec, kd
 
@@ -126,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cached / no-KD step: {med['cached'] / med['no_kd']:.3f}  (goal <= 1.10; fastest-step ratio "
           f"{min(times['cached']) / min(times['no_kd']):.3f})")
     print(f"online / cached step: {med['online'] / med['cached']:.3f}")
-    print(f"online / cached step + loader: {(med['online'] + args.batch_size * load['online']) / (med['cached'] + args.batch_size * load['cached']):.3f}")
+    online = med['online'] + args.batch_size * load['online']
+    cached = med['cached'] + args.batch_size * load['cached']
+    print(f"online / cached step + loader: {online / cached:.3f}")
     return 0
 
 

@@ -32,6 +32,7 @@ sys.path[:0] = [os.path.dirname(_HERE), os.path.join(os.path.dirname(_HERE), "te
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -88,7 +89,7 @@ def real_rows(n: int) -> list[CacheRow] | None:
         return None
     from storage.boxes import transform_boxes
     from storage.mmdet3d_reader import Mmdet3dInfoReader
-    from teachers.center_targets import build_center_targets
+    from teachers.center_gt import build_center_targets
     from teachers.cache_row import build_cache_row
     base = Mmdet3dInfoReader(KEYFRAME).read(0)
     rng = np.random.default_rng(0)
@@ -199,7 +200,8 @@ def write_cache(rows: list[CacheRow], path: str) -> CacheReader:
     writer = CacheWriter.create(path, schema, tokens, overwrite=True)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(schema.num_shards):
-        writer.write_shard(i, [RowResult(sample_token=t, targets=rows[tokens.index(t)]) for t, _ in writer.shard_rows(i)])
+        writer.write_shard(i, [RowResult(sample_token=t, targets=rows[tokens.index(t)])
+                               for t, _ in writer.shard_rows(i)])
     wall, cpu = (time.perf_counter() - t0) / len(rows), (time.process_time() - c0) / len(rows)
     print(f"CacheWriter.write_shard: {wall * 1e3:.0f} ms/row wall, {cpu * 1e3:.0f} CPU-ms/row (encode, compress, "
           f"checksum, commit; Zarr may use several threads)")
@@ -270,14 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _read_all(reader: CacheReader, decode: bool) -> list:
+    return [reader.read(i, decode=decode) for i in range(len(reader))]
+
+
 def _bench_reader(reader: CacheReader, memcpy: float) -> None:
     n = len(reader)
     for decode_values in (False, True):
         reader.read(0, decode=decode_values)
-        t = best_time(lambda: [reader.read(i, decode=decode_values) for i in range(n)], 2, time.perf_counter)
+        t = best_time(functools.partial(_read_all, reader, decode_values), 2, time.perf_counter)
         logical = sum(s.raw_nbytes for s in reader.schema.targets)
         print(f"CacheReader.read(decode={decode_values}): {t / n * 1e3:.1f} ms/sample, {n / t:.1f} samples/s, "
-              f"{logical * n / t / 1e6:.0f} MB/s of float32-equivalent targets ({logical * n / t / 1e6 / memcpy:.2f}x memcpy)")
+              f"{logical * n / t / 1e6:.0f} MB/s of float32-equivalent targets "
+              f"({logical * n / t / 1e6 / memcpy:.2f}x memcpy)")
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (rate, shipped, cpu) in zip(("uint8/fp16, batched into shared memory (read(into=...)) ",
                                            "uint8/fp16, per-row read(decode=False) + collate       ",
                                            "float32, per-row read(decode=True) + collate           "),
-                                          res.values()):
+                                          res.values(), strict=True):
         print(f"{name}: {rate:6.1f} samples/s, {shipped / 1e6:5.2f} MB/sample shipped across processes, "
               f"{cpu * 1e3:5.1f} CPU-ms/sample (workers + main) -> {args.workers / cpu:5.1f} samples/s if "
               f"{args.workers} cores were free")

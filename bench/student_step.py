@@ -8,7 +8,8 @@ backward, optimizer step) with
   (b) (a) + every distillation term from cached targets (13 terms: BEVDistill, BEV-LGKD,
       X3KD, UniDistill, SimDistill),
   (c) the BEV augmentation of the cached targets (:meth:`TeacherTargets.warped`) alone,
-and prints the ratios (b)/(a) and (c)/(a). Variants run interleaved; each reports its fastest step. A live teacher's forward is *not* in (b): that is
+and prints the ratios (b)/(a) and (c)/(a). Variants run interleaved; each reports its fastest step.
+A live teacher's forward is *not* in (b): that is
 the point of the cache.
 """
 
@@ -21,18 +22,18 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # bench/storage.py is not `storage`
 sys.path.insert(0, os.path.dirname(_HERE))
 
-import argparse
-import math
-import time
+import argparse  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from storage.grid import DEMO_GRID
-from storage.bev_augment import bev_augmentation_matrix
-from student.config import StudentConfig
-from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherSpec, TeacherTargets
-from student.model import StudentBatch, StudentModel
+from storage.grid import DEMO_GRID  # noqa: E402
+from storage.bev_augment import bev_augmentation_matrix  # noqa: E402
+from student.config import StudentConfig  # noqa: E402
+from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherShapes, TeacherTargets  # noqa: E402
+from student.model import StudentBatch, StudentModel  # noqa: E402
 
 ALL = LossWeights(detection=1.0, depth_bce=3.0, dense_feature=1.0, lgkd_feature=1.0, depth_distill=0.5, heatmap=1.0,
                   keypoint_response=1.0, instance=0.5, fusion_camera=1.0, fusion_lidar=1.0, fusion_fused=1.0,
@@ -56,7 +57,7 @@ def _batch(cfg: StudentConfig, b: int) -> StudentBatch:
                         gt_labels=[torch.zeros(20, dtype=torch.long) for _ in range(b)])
 
 
-def _targets(cfg: StudentConfig, b: int, boxes: list[torch.Tensor]) -> tuple[TeacherSpec, TeacherTargets]:
+def _targets(cfg: StudentConfig, b: int, boxes: list[torch.Tensor]) -> tuple[TeacherShapes, TeacherTargets]:
     grid = cfg.bev_grid
     h, w = grid.bev_shape
     ch = {"neck": 64, "camera_bev": 32, "lidar_bev": 64, "fused_bev": 64}
@@ -67,7 +68,7 @@ def _targets(cfg: StudentConfig, b: int, boxes: list[torch.Tensor]) -> tuple[Tea
                        instance_features=[torch.randn(len(x), 64) for x in boxes],
                        lidar_depth=torch.rand(b, 6, fh, fw) * 50, depth_probs=torch.rand(b, 6, d, fh, fw).softmax(2),
                        fg_mask=torch.rand(b, h, w) > 0.8, view_mask=torch.rand(b, 6, h, w) > 0.5)
-    return TeacherSpec(bev_grid=grid, bev_channels=ch, instance_channels=64), t
+    return TeacherShapes(bev_grid=grid, bev_channels=ch, instance_channels=64), t
 
 
 def _interleaved_min(fns: list, steps: int) -> list[float]:

@@ -239,7 +239,8 @@ def _flush(teacher: nn.Module, items: list[_Pending], writer: CacheWriter, confi
         row = job_row(out, it.view, config, index=j, view_matrix=it.matrix, lidar_targets=wanted,
                       lidar_depth=it.lidar_depth)
         rows.append(RowResult(sample_token=it.view.sample_token, view=it.index, scene=it.view.scene,
-                              timestamp_us=it.view.timestamp_us, view_matrix=it.matrix, targets=row))
+                              timestamp_us=it.view.timestamp_us, view_matrix=it.matrix, targets=row,
+                              labelled=it.view.labelled))
     times.targets += time.perf_counter() - t0
     return rows
 

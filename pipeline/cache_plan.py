@@ -148,7 +148,9 @@ def open_or_create(out: stores.StoreLike, schema: CacheSchema, sample_tokens: Se
         root = zarr.open_group(store=store, mode="r+", zarr_format=3)
         stored_job, asked_job = root.attrs.get(JOB_ATTR), job_attrs(config)
         if stored_job is not None and stored_job != asked_job:
-            diffs.append(f"job config ({', '.join(sorted(k for k in asked_job if stored_job.get(k) != asked_job[k]))})")
+            changed = sorted(k for k in asked_job
+                             if not isinstance(stored_job, dict) or stored_job.get(k) != asked_job[k])
+            diffs.append(f"job config ({', '.join(changed)})")
         if diffs:
             raise CacheMismatchError(f"cache {stores.describe(store)} was made with a different "
                                      f"{'; '.join(diffs)}. Pass --overwrite to replace it, or choose another --out")

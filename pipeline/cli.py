@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("pipeline.cmd_verify", "re-read every committed row of a cache and check its checksums"),
     "train": ("pipeline.cmd_train", "train a camera-only student from a cache"),
     "show": ("pipeline.cmd_show", "render what the teacher stored for one sample"),
+    "ablate": ("pipeline.ablation", "choose a distillation recipe on validation scenes carved from the training split"),
 }
 
 
@@ -39,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in _available().items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(_module=module)
         mod = importlib.import_module(module) if name == _requested() else None
+        epilog = getattr(mod, "EPILOG", None)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(_module=module)
         if mod is not None:
             mod.add_arguments(p)
     return parser

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         scenes[s.scene] += 1
         points.append(len(s.points))
-        for label, npts in zip(s.gt_labels, s.num_lidar_pts):
+        for label, npts in zip(s.gt_labels, s.num_lidar_pts, strict=True):
             boxes[NUSCENES_CLASSES[label]] += 1
             with_pts[NUSCENES_CLASSES[label]] += int(npts > 0)
     print(f"dataset: {reader.dataset_id}")

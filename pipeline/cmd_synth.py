@@ -9,13 +9,19 @@ import time
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="dataroot to write (created)")
     parser.add_argument("--scenes", type=int, default=10,
-                        help="number of scenes; v1.0-mini has 10 names, mini_val (2) filled first (default: %(default)s)")
-    parser.add_argument("--samples-per-scene", type=int, default=10, help="keyframes per scene, 2 Hz (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files (default: %(default)s)")
+                        help="number of scenes; v1.0-mini has 10 names, mini_val (2) filled first "
+                             "(default: %(default)s)")
+    parser.add_argument("--samples-per-scene", type=int, default=10,
+                        help="keyframes per scene, 2 Hz (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; same seed -> identical files (default: %(default)s)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(480, 270), metavar=("W", "H"),
                         help="camera image width and height in pixels (default: 480 270)")
     parser.add_argument("--sweeps-per-sample", type=int, default=0,
                         help="non-keyframe LiDAR sweeps between keyframes, under sweeps/ (default: %(default)s)")
+    parser.add_argument("--camera-sweeps-per-sample", type=int, default=0,
+                        help="non-keyframe (unannotated) images per camera between keyframes, under sweeps/ "
+                             "(default: %(default)s)")
     parser.add_argument("--version", default="v1.0-mini", choices=("v1.0-mini", "v1.0-trainval"),
                         help="table version; v1.0-trainval allows more than 10 scenes (default: %(default)s)")
 
@@ -28,13 +34,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = SynthConfig(num_scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed,
                              image_size=tuple(args.image_size), sweeps_per_sample=args.sweeps_per_sample,
+                             camera_sweeps_per_sample=args.camera_sweeps_per_sample,
                              version=args.version)
     except ValueError as exc:
         print(f"bevkd synth: {exc}")
         return 2
     start = time.perf_counter()
     with tqdm(total=config.num_scenes * config.samples_per_scene, unit="sample", desc="synth") as bar:
-        root = generate_dataset(config, args.out, progress=lambda desc: (bar.set_postfix_str(desc), bar.update(1)))
+        def progress(desc: str) -> None:
+            bar.set_postfix_str(desc)
+            bar.update(1)
+
+        root = generate_dataset(config, args.out, progress=progress)
     summary = SynthSummary.load(root)
     splits = sorted({split for _, split in summary.scenes})
     per_split = ", ".join(f"{sum(1 for _, s in summary.scenes if s == split)} {split}" for split in splits)

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="teacher-target cache of the same dataset split (refused if its grid, schema version or "
                              "dataset differ); omit to train without a teacher")
     parser.add_argument("--out", metavar="DIR", default="runs/student",
-                        help="checkpoints, train_log.jsonl (per-step loss terms) and eval output (default: %(default)s)")
+                        help="checkpoints, train_log.jsonl (per-step loss terms) and eval output "
+                             "(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the training split (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in total")
     parser.add_argument("--batch-size", type=int, default=2, help="samples per process per step (default: %(default)s)")
@@ -29,22 +30,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="end this invocation after N steps (checkpointed; the schedule still spans the run); "
                              "continue later with --resume")
-    parser.add_argument("--seed", type=int, default=0, help="init, data order and augmentation seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="init, data order and augmentation seed (default: %(default)s)")
     parser.add_argument("--no-distill", action="store_true",
                         help="detection + depth loss only (the no-distillation baseline)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader worker processes per rank (default: %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto (GPU of LOCAL_RANK if available, else CPU), cpu or cuda (default: %(default)s)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: CUDA float16 autocast + grad scaling (bfloat16 autocast on CPU)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: CUDA float16 autocast + grad scaling (bfloat16 autocast on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     parser.add_argument("--student", choices=("base", "tiny"), default="base",
-                        help="base: ResNet-50, 256x704 images (BEVDepth); tiny: the test/CPU model (default: %(default)s)")
+                        help="base: ResNet-50, 256x704 images (BEVDepth); tiny: the test/CPU model "
+                             "(default: %(default)s)")
     parser.add_argument("--config", metavar="JSON", default=None,
                         help="StudentConfig JSON (StudentConfig.to_dict()) overriding --student")
     parser.add_argument("--eval-split", default=None,
                         help="devkit split evaluated at the end (default: --split); needs --dataroot")
     parser.add_argument("--no-eval", action="store_true", help="skip the final devkit evaluation")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: off)")
+    u = parser.add_argument_group("unlabelled frames (distillation without annotations)")
+    u.add_argument("--unlabelled-dataroot", metavar="DIR", default=None,
+                   help="nuScenes dataroot of unannotated frames trained on besides the labelled ones: distillation "
+                        "terms on every row, detection loss on labelled rows only")
+    u.add_argument("--unlabelled-split", default=None, help="its devkit split (default: --split)")
+    u.add_argument("--unlabelled-frames", choices=("sweeps", "all"), default="sweeps",
+                   help="its frames: the non-keyframe camera sweeps, or all (keyframes there keep their annotations "
+                        "and detection loss) (default: %(default)s)")
+    u.add_argument("--unlabelled-cache", metavar="DIR", default=None,
+                   help="teacher-target cache of the unlabelled frames (`bevkd cache --frames sweeps ...`); required "
+                        "with --cache")
+    u.add_argument("--unlabelled-pseudo-labels", action="store_true",
+                   help="also train detection on unlabelled rows against the teacher's boxes above "
+                        "DistillationConfig.pseudo_label_min_score")
 
 
 def _student_config(args: argparse.Namespace):
@@ -67,7 +86,15 @@ def run(args: argparse.Namespace) -> int:
                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              workers=args.workers, device=args.device, amp=args.amp, out_dir=args.out,
                              resume=args.resume, checkpoint_every=args.checkpoint_every,
-                             warmup_steps=args.warmup_steps, stop_after=args.stop_after)
+                             warmup_steps=args.warmup_steps, stop_after=args.stop_after,
+                             unlabelled_pseudo_labels=args.unlabelled_pseudo_labels)
+        unlabelled = None
+        if args.unlabelled_dataroot:
+            from storage.nuscenes_reader import NuScenesReader
+
+            unlabelled = NuScenesReader(args.unlabelled_dataroot, version=args.version,
+                                        split=args.unlabelled_split or args.split, sweeps=args.sweeps,
+                                        frames=args.unlabelled_frames)
         eval_reader = None
         if not args.no_eval and args.dataroot:
             from storage.nuscenes_reader import NuScenesReader
@@ -75,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             eval_reader = NuScenesReader(args.dataroot, version=args.version, split=args.eval_split or args.split)
         elif not args.no_eval:
             print("bevkd train: no --dataroot, skipping the devkit evaluation (an info file has no devkit tables)")
-        result = train_student(config, reader, args.cache, eval_reader=eval_reader)
+        result = train_student(config, reader, args.cache, eval_reader=eval_reader, unlabelled_reader=unlabelled,
+                               unlabelled_cache=args.unlabelled_cache)
     except (CacheMismatchError, FileNotFoundError, ValueError) as exc:
         print(f"bevkd train: {exc}")
         return 2
@@ -84,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final_losses.items())
     print(f"trained {result.steps} steps, {result.seconds_per_step:.3f} s/step; last losses: {terms}")
     print(f"  loss log: {result.loss_log}\n  checkpoint: {result.checkpoint}")
-    if result.metrics is not None:
+    if result.metrics is not None and eval_reader is not None:
         m = result.metrics
         print(f"  {eval_reader.dataset_id}: mAP {m.mAP:.4f}  NDS {m.NDS:.4f}")
         print("  per-class AP: " + ", ".join(f"{k} {v:.3f}" for k, v in m.per_class_ap.items()))

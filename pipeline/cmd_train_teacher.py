@@ -12,8 +12,11 @@ import argparse
 import copy
 import json
 import os
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.sample import Sample, SampleReader
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default="work/train_teacher", metavar="DIR",
                         help="generated data, evaluation output and the checkpoint go here (default: %(default)s)")
     parser.add_argument("--out", default=None, metavar="FILE",
-                        help="checkpoint path (default: <work-dir>/<teacher>.pt); with --epochs 0 re-saves --checkpoint "
+                        help="checkpoint path (default: <work-dir>/<teacher>.pt); with --epochs 0 re-saves "
+                             "--checkpoint "
                              "with the new evaluation in its metadata")
     parser.add_argument("--checkpoint", default=None, metavar="FILE",
                         help="start from this checkpoint (with --epochs 0: only evaluate it)")
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=19.0,
                         help="stop training after this many minutes of wall time, 0 = no limit (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data order and augmentation (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of data order and augmentation (default: %(default)s)")
     parser.add_argument("--synth-scenes", type=int, default=10,
                         help="scenes to generate when no dataset is given (default: %(default)s)")
     parser.add_argument("--synth-samples", type=int, default=10,
@@ -62,7 +67,7 @@ def _ensure_data(args: argparse.Namespace) -> None:
     args.dataroot, args.version = str(root), "v1.0-mini"
 
 
-def _load_samples(args: argparse.Namespace, split: str) -> tuple[list, object]:
+def _load_samples(args: argparse.Namespace, split: str) -> tuple[list[Sample], SampleReader]:
     from tqdm import tqdm
 
     from pipeline.dataset_args import reader_from_args
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.work_dir) / f"{args.teacher}.pt")
     model, info = load_teacher(args.teacher, checkpoint=args.checkpoint)
     image_size = tuple(args.image_size) if args.teacher == "bevfusion" else None
-    meta: dict = dict(info.meta)
+    meta: dict[str, Any] = dict(info.meta)
     if args.epochs > 0:
         train_samples, train_reader = _load_samples(args, args.train_split)
         cfg = TeacherTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=image_size,
@@ -112,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
         print("evaluation skipped: DetectionEval needs nuScenes tables (--dataroot), an info file has none")
     else:
         from storage.nuscenes_eval import evaluate_detections
+        from storage.nuscenes_reader import NuScenesReader
 
+        assert isinstance(eval_reader, NuScenesReader)  # --dataroot given (args.info is not)
         metrics = evaluate_detections(dataroot=args.dataroot, version=args.version, split=args.split, predictions=preds,
                                       output_dir=Path(args.work_dir) / f"eval_{args.teacher}", reader=eval_reader)
         meta.update(eval_split=args.split, mAP=metrics.mAP, NDS=metrics.NDS, per_class_ap=metrics.per_class_ap)

@@ -25,6 +25,9 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --info: folder the info's relative file paths start from (default: the info's folder)")
     g.add_argument("--sweeps", type=int, default=0,
                    help="past LiDAR sweeps merged into each sample's points (default: %(default)s)")
+    g.add_argument("--frames", choices=("keyframes", "sweeps", "all"), default="keyframes",
+                   help="with --dataroot: annotated keyframes, unannotated non-keyframe camera sweeps (keyed by the "
+                        "CAM_FRONT sample_data token, nearest LiDAR sweep), or all (default: %(default)s)")
 
 
 def reader_from_args(args: argparse.Namespace) -> SampleReader:
@@ -36,7 +39,7 @@ def reader_from_args(args: argparse.Namespace) -> SampleReader:
     if not (getattr(args, "dataroot", None) or getattr(args, "info", None)):
         return open_reader()  # raises the ValueError that names both flags
     return open_reader(dataroot=args.dataroot, info=args.info, version=args.version, split=args.split,
-                       data_root=args.data_root, sweeps=args.sweeps)
+                       data_root=args.data_root, sweeps=args.sweeps, frames=getattr(args, "frames", "keyframes"))
 
 
 __all__ = ["add_reader_arguments", "reader_from_args"]

@@ -4,10 +4,12 @@ Stages, each resumable (rerunning the command reuses what is already on disk):
 
 1. ``synth``   generate a nuScenes-format dataset (:func:`storage.synth.generate_dataset`);
 2. ``teacher`` the project's saved reference LiDAR teacher (or ``--teacher-checkpoint``);
-3. ``cache``   the Ray cache job over the training split (:func:`pipeline.ray_runner.run_cache_job`);
-4. ``student`` two camera-only students with the same seed, data order and step budget: one
-   without distillation, one distilled from the cache; both evaluated on the validation split
-   with the devkit's ``DetectionEval``;
+3. ``cache``   the Ray cache job over the training split's keyframes and its unlabelled frames
+   (:func:`pipeline.ray_runner.run_cache_job`);
+4. ``student`` camera-only students with the same step budget, once per seed: without
+   distillation, distilled from the cache, and distilled on keyframes + unlabelled non-keyframe
+   frames (detection loss on keyframes only); every run evaluated on the validation split with
+   the devkit's ``DetectionEval`` (with mAP per distance band);
 5. ``report``  an HTML page with metrics, loss curves, cache size and stage timings and
    ``bevkd show`` renders (:mod:`pipeline.report`).
 """
@@ -35,7 +37,14 @@ class DemoConfig:
             scenes are ``mini_val``, the rest ``mini_train``).
         teacher_checkpoint: teacher weights (default: the project's saved checkpoint).
         student: ``tiny`` (CPU) or ``base`` (ResNet-50, 256x704: for a GPU).
-        steps / batch_size / lr: the budget, identical for both students.
+        steps / batch_size / lr: the budget, identical for every student.
+        seeds: each student is trained once per seed ``seed, seed + 1, ...`` (model init, data
+            order, augmentation); the report gives mean and standard deviation over seeds and the
+            per-seed difference KD - no KD.
+        distance_bands: edges (m) of the AP-per-distance bands (devkit matching per band).
+        unlabelled_per_sample: non-keyframe camera frames (and LiDAR sweeps) generated between two
+            keyframes; the teacher is cached over them too and a third student trains on labelled
+            keyframes + these unlabelled frames (0: no third student).
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader workers per student.
         show_samples: how many cached samples the report renders.
@@ -51,6 +60,9 @@ class DemoConfig:
     steps: int = 1000
     batch_size: int = 2
     lr: float = 1e-3
+    seeds: int = 2
+    distance_bands: tuple[float, ...] = (15.0, 30.0)
+    unlabelled_per_sample: int = 1
     device: str = "auto"
     workers: int = 1
     show_samples: int = 3
@@ -66,6 +78,7 @@ class StudentRun:
 
     name: str
     distill: bool
+    seed: int
     metrics: Any  # storage.nuscenes_eval.DetectionMetrics
     loss_log: Path
     seconds_per_step: float
@@ -86,10 +99,39 @@ class DemoResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     shows: list[Path] = field(default_factory=list)
 
+    def runs_of(self, name: str) -> list[StudentRun]:
+        """The runs of student ``name``, by seed."""
+        return sorted((s for s in self.students if s.name == name), key=lambda s: s.seed)
+
+    @property
+    def names(self) -> list[str]:
+        return list(dict.fromkeys(s.name for s in self.students))
+
+    def gain(self, name: str, base: str = "student_no_kd") -> dict[str, Any]:
+        """Per-seed difference ``name - base`` of NDS and mAP: mean, std (over seeds, ddof=1 when
+        there are several, else 0) and the per-seed values."""
+        a, b = {r.seed: r for r in self.runs_of(name)}, {r.seed: r for r in self.runs_of(base)}
+        seeds = sorted(set(a) & set(b))
+        nds = [a[k].metrics.NDS - b[k].metrics.NDS for k in seeds]
+        map_ = [a[k].metrics.mAP - b[k].metrics.mAP for k in seeds]
+        return {"nds_mean": _mean(nds), "nds_std": _std(nds), "map_mean": _mean(map_), "map_std": _std(map_),
+                "seeds": seeds, "nds": nds, "map": map_}
+
     @property
     def nds_gain(self) -> float:
-        by = {s.distill: s.metrics.NDS for s in self.students}
-        return by[True] - by[False]
+        """Mean over seeds of the KD - no-KD NDS difference."""
+        return float(self.gain("student_kd")["nds_mean"])
+
+
+def _mean(v: list[float]) -> float:
+    return float(sum(v) / len(v)) if v else float("nan")
+
+
+def _std(v: list[float]) -> float:
+    if len(v) < 2:
+        return 0.0
+    m = _mean(v)
+    return float((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5)
 
 
 def _log(msg: str) -> None:
@@ -104,7 +146,8 @@ def generate_data(cfg: DemoConfig) -> Path:
 
     root = cfg.root / "data"
     synth = SynthConfig(num_scenes=cfg.scenes, samples_per_scene=cfg.samples_per_scene, seed=cfg.seed,
-                        image_size=tuple(cfg.image_size))
+                        image_size=tuple(cfg.image_size), sweeps_per_sample=cfg.unlabelled_per_sample,
+                        camera_sweeps_per_sample=cfg.unlabelled_per_sample)
     stamp = root / "demo_synth_config.json"
     wanted = json.dumps(asdict(synth), sort_keys=True, default=list)
     if stamp.exists() and stamp.read_text() == wanted:
@@ -116,8 +159,13 @@ def generate_data(cfg: DemoConfig) -> Path:
     return root
 
 
-def build_cache(cfg: DemoConfig, dataroot: Path, checkpoint: Path) -> tuple[Path, Any]:
-    """Stage 3: the Ray cache job over ``mini_train`` (resumes a partial cache)."""
+def build_cache(cfg: DemoConfig, dataroot: Path, checkpoint: Path) -> tuple[Path, Any, Path | None]:
+    """Stage 3: the Ray cache job over ``mini_train`` keyframes and, when the demo has unlabelled
+    frames, over ``mini_train``'s non-keyframe frames (resumes partial caches).
+
+    Returns:
+        ``(keyframe cache, its job summary, unlabelled-frame cache or None)``.
+    """
     from pipeline.cache_job import CacheJobConfig
     from pipeline.cache_plan import TeacherSource
     from pipeline.ray_runner import run_cache_job
@@ -126,15 +174,28 @@ def build_cache(cfg: DemoConfig, dataroot: Path, checkpoint: Path) -> tuple[Path
     reader = NuScenesReader(dataroot, version="v1.0-mini", split="mini_train")
     out = cfg.root / "cache"
     job = CacheJobConfig(shard_size=8, batch_size=4, image_size=_student_image_size(cfg))
-    summary = run_cache_job(job, reader, TeacherSource(checkpoint=str(checkpoint)), str(out))
+    source = TeacherSource(checkpoint=str(checkpoint))
+    summary = run_cache_job(job, reader, source, str(out))
     _log(summary.format(max_errors=5))
-    return out, summary
+    if not cfg.unlabelled_per_sample:
+        return out, summary, None
+    sweeps = NuScenesReader(dataroot, version="v1.0-mini", split="mini_train", frames="sweeps")
+    unlabelled = cfg.root / "cache_unlabelled"
+    more = run_cache_job(job, sweeps, source, str(unlabelled))
+    _log("unlabelled frames: " + more.format(max_errors=5))
+    return out, summary, unlabelled
+
+
+def demo_student_config(student: str) -> Any:
+    """The demo's student: ``tiny`` (:meth:`StudentConfig.demo`, CPU-sized, on the demo teacher's
+    grid) or ``base`` (ResNet-50 at 256x704 on the same grid)."""
+    from student.config import StudentConfig
+
+    return StudentConfig.demo() if student == "tiny" else StudentConfig.demo_base()
 
 
 def _student_config(cfg: DemoConfig) -> Any:
-    from student.config import StudentConfig
-
-    return StudentConfig.tiny() if cfg.student == "tiny" else StudentConfig()
+    return demo_student_config(cfg.student)
 
 
 def _student_image_size(cfg: DemoConfig) -> tuple[int, int]:
@@ -142,25 +203,35 @@ def _student_image_size(cfg: DemoConfig) -> tuple[int, int]:
     return (w, h)
 
 
-def train_students(cfg: DemoConfig, dataroot: Path, cache: Path) -> list[StudentRun]:
-    """Stage 4: the same student, seed and budget, without and with distillation."""
+def train_students(cfg: DemoConfig, dataroot: Path, cache: Path, unlabelled_cache: Path | None = None
+                   ) -> list[StudentRun]:
+    """Stage 4: the same student and budget once per seed: without distillation, distilled from
+    the keyframe cache, and (with ``unlabelled_cache``) distilled on keyframes + unlabelled frames
+    (detection loss on keyframes only)."""
     from storage.nuscenes_reader import NuScenesReader
     from student.trainer import TrainConfig, train_student
 
     train = NuScenesReader(dataroot, version="v1.0-mini", split="mini_train")
     val = NuScenesReader(dataroot, version="v1.0-mini", split="mini_val")
+    sweeps = (NuScenesReader(dataroot, version="v1.0-mini", split="mini_train", frames="sweeps")
+              if unlabelled_cache is not None else None)
+    students = [("student_no_kd", False), ("student_kd", True)]
+    students += [("student_unlabelled", True)] if sweeps is not None else []
     runs = []
-    for name, distill in (("student_no_kd", False), ("student_kd", True)):
-        _log(f"training {name} ({cfg.steps} steps)")
-        tc = TrainConfig(student=_student_config(cfg), no_distill=not distill, steps=cfg.steps, epochs=10_000,
-                         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, workers=cfg.workers,
-                         device=cfg.device, out_dir=str(cfg.root / name), resume=True,
-                         warmup_steps=max(1, cfg.steps // 20))
-        res = train_student(tc, train, cache if distill else None, eval_reader=val)
-        runs.append(StudentRun(name=name, distill=distill, metrics=res.metrics, loss_log=res.loss_log,
-                               seconds_per_step=res.seconds_per_step, steps=res.steps,
-                               final_losses=res.final_losses))
-        _log(f"{name}: mAP {res.metrics.mAP:.4f} NDS {res.metrics.NDS:.4f}")
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        for name, distill in students:
+            _log(f"training {name}, seed {seed} ({cfg.steps} steps)")
+            tc = TrainConfig(student=_student_config(cfg), no_distill=not distill, steps=cfg.steps, epochs=10_000,
+                             batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, workers=cfg.workers,
+                             device=cfg.device, out_dir=str(cfg.root / name / f"seed{seed}"), resume=True,
+                             warmup_steps=max(1, cfg.steps // 20), distance_bands=cfg.distance_bands)
+            more = ({"unlabelled_reader": sweeps, "unlabelled_cache": unlabelled_cache}
+                    if name == "student_unlabelled" else {})
+            res = train_student(tc, train, cache if distill else None, eval_reader=val, **more)
+            runs.append(StudentRun(name=name, distill=distill, seed=seed, metrics=res.metrics, loss_log=res.loss_log,
+                                   seconds_per_step=res.seconds_per_step, steps=res.steps,
+                                   final_losses=res.final_losses))
+            _log(f"{name} seed {seed}: mAP {res.metrics.mAP:.4f} NDS {res.metrics.NDS:.4f}")
     return runs
 
 
@@ -196,11 +267,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                                 "and pass --teacher-checkpoint")
     _log(f"teacher: {checkpoint}")
     t = time.perf_counter()
-    cache, job = build_cache(cfg, dataroot, checkpoint)
+    cache, job, unlabelled_cache = build_cache(cfg, dataroot, checkpoint)
     seconds["cache job"] = time.perf_counter() - t
     t = time.perf_counter()
-    students = train_students(cfg, dataroot, cache)
-    seconds["students (2 runs + eval)"] = time.perf_counter() - t
+    students = train_students(cfg, dataroot, cache, unlabelled_cache)
+    seconds[f"students ({len({s.name for s in students})} x {cfg.seeds} seeds + eval)"] = time.perf_counter() - t
     t = time.perf_counter()
     shows = render_shows(cfg, dataroot, cache)
     result = DemoResult(config=cfg, report=cfg.root / "report" / "index.html", students=students, cache=cache,

@@ -139,7 +139,7 @@ def _draw_boxes_panel(ax, t: CacheRow, grid: BEVGrid, sample: Sample | None) -> 
     if t.fg_mask is not None:
         _bev_image(ax, np.where(t.fg_mask, 1.0, np.nan), grid, "", cmap="Wistia", vmin=0, vmax=1.5, alpha=0.8)
     if sample is not None:
-        pts = apply_transform(t.view_matrix, sample.points)
+        pts = apply_transform(t.view_matrix, sample.points.astype(np.float64))
         pts = pts[grid.in_range(pts)]
         ax.scatter(pts[:, 0], pts[:, 1], s=0.05, c="0.45", linewidths=0)
         gt = transform_boxes(sample.gt_boxes, t.view_matrix)
@@ -147,7 +147,7 @@ def _draw_boxes_panel(ax, t: CacheRow, grid: BEVGrid, sample: Sample | None) -> 
         gt_drawn = len(gt)
         frac = _gt_on_foreground(gt, sample.num_lidar_pts, t.fg_mask, grid)
     n_teacher = 0 if t.boxes is None else len(t.boxes)
-    if n_teacher:
+    if t.boxes is not None and n_teacher:
         _footprints(ax, t.boxes, "red", t.scores)
     pcr = grid.point_cloud_range
     ax.set_xlim(pcr[0], pcr[3])

@@ -3,7 +3,8 @@
 Imports no other bevkd package and no heavy dependency at import time.
 """
 
-from storage.grid import BEVGrid, DEMO_GRID, NUSCENES_GRID
+from storage.grid import DEMO_GRID, NUSCENES_GRID, ROAD_GRID, BEVGrid
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample
 
-__all__ = ["BEVGrid", "DEMO_GRID", "NUSCENES_GRID", "CAMERA_NAMES", "NUSCENES_CLASSES", "CameraInfo", "Sample"]
+__all__ = ["BEVGrid", "DEMO_GRID", "NUSCENES_GRID", "ROAD_GRID", "CAMERA_NAMES", "NUSCENES_CLASSES", "CameraInfo",
+           "Sample"]

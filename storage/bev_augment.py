@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.arrays import Float64Array
+
 
 def bev_augmentation_matrix(*, rotation: float = 0.0, scale: float = 1.0, flip_x: bool = False,
                             flip_y: bool = False, translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
-                            ) -> np.ndarray:
+                            ) -> Float64Array:
     """``(4, 4)`` float64 ``aug_from_lidar = T @ (scale * R_z(rotation)) @ F``.
 
     Args:
@@ -58,7 +60,7 @@ class BEVAugConfig:
     scale_range: tuple[float, float] = (0.95, 1.05)
     flip_prob: float = 0.5
 
-    def sample(self, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, rng: np.random.Generator) -> Float64Array:
         """A random ``(4, 4)`` ``aug_from_lidar`` (:func:`bev_augmentation_matrix`); draws
         rotation, scale, flip x, flip y from ``rng`` in that order."""
         return bev_augmentation_matrix(rotation=float(rng.uniform(*self.rotation_range)),
@@ -76,7 +78,7 @@ class ViewAugmentConfig(BEVAugConfig):
 
     seed: int = 0
 
-    def matrix(self, sample_token: str, view: int) -> np.ndarray:
+    def matrix(self, sample_token: str, view: int) -> Float64Array:
         """``(4, 4)`` float64 ``aug_from_lidar`` of a row; identity for view 0."""
         if view == 0:
             return np.eye(4)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.arrays import Float64Array
+
 _TOL = 1e-6
 
 
@@ -103,7 +105,7 @@ class BEVGrid:
         nx, ny, _ = self.grid_size
         return (ny, nx)
 
-    def with_stride(self, stride: int) -> "BEVGrid":
+    def with_stride(self, stride: int) -> BEVGrid:
         """The same range with x/y cells ``stride`` times larger (e.g. a detector's output map).
 
         Raises:
@@ -134,10 +136,15 @@ class BEVGrid:
             y = y0 + (torch.arange(h, **kw) + 0.5) * vy
             yy, xx = torch.meshgrid(y, x, indexing="ij")  # (H, W)
             return torch.stack([xx, yy], dim=-1)
-        x = x0 + (np.arange(w) + 0.5) * vx
-        y = y0 + (np.arange(h) + 0.5) * vy
-        xx, yy = np.meshgrid(x, y)  # (H, W)
-        return np.stack([xx, yy], axis=-1)
+        xs = x0 + (np.arange(w) + 0.5) * vx
+        ys = y0 + (np.arange(h) + 0.5) * vy
+        xx_np, yy_np = np.meshgrid(xs, ys)  # (H, W)
+        return np.stack([xx_np, yy_np], axis=-1)
+
+    def z_centers(self) -> Float64Array:
+        """Centres of the z voxels, ``(nz,)`` float64 metres in ``frame``, bottom to top."""
+        z0, vz = self.point_cloud_range[2], self.voxel_size[2]
+        return z0 + (np.arange(self.grid_size[2]) + 0.5) * vz
 
     def metric_to_cell_float(self, xy: Any) -> Any:
         """Continuous cell coordinates of points: cell ``(r, c)`` spans ``[r, r + 1) x [c, c + 1)``,
@@ -225,21 +232,29 @@ class BEVGrid:
                 "frame": self.frame}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BEVGrid":
+    def from_dict(cls, d: dict[str, Any]) -> BEVGrid:
         return cls(point_cloud_range=tuple(d["point_cloud_range"]), voxel_size=tuple(d["voxel_size"]),
                    frame=d.get("frame", "lidar"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def same_as(self, other: "BEVGrid") -> bool:
+    def same_as(self, other: BEVGrid) -> bool:
         """Equal up to float round-off (1e-9 m)."""
         return (self.frame == other.frame
-                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.point_cloud_range, other.point_cloud_range, strict=True))
-                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.voxel_size, other.voxel_size, strict=True)))
+                and all(math.isclose(a, b, abs_tol=1e-9)
+                        for a, b in zip(self.point_cloud_range, other.point_cloud_range, strict=True))
+                and all(math.isclose(a, b, abs_tol=1e-9)
+                        for a, b in zip(self.voxel_size, other.voxel_size, strict=True)))
 
 
 #: nuScenes CenterPoint grid (mmdetection3d centerpoint_voxel0075): 1440x1440x40 voxels, BEV 180x180 at stride 8.
 NUSCENES_GRID = BEVGrid(point_cloud_range=(-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), voxel_size=(0.075, 0.075, 0.2))
-#: A small grid for the demo and tests on generated data: 256x256x20 voxels, BEV 32x32 at stride 8.
+#: A small square grid for tests and the tiny configs on generated data: 256x256x20 voxels, BEV
+#: 32x32 at stride 8 (cells of 3.2 m: too coarse to learn from; the demo uses ROAD_GRID).
 DEMO_GRID = BEVGrid(point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), voxel_size=(0.4, 0.4, 0.4))
+#: The demo's grid. The generated world is a road strip (every object within |y| < 16 m of the
+#: road axis), so the range is 102.4 m along x by 51.2 m across: 512x256x20 voxels of 0.2 x 0.2 x
+#: 0.4 m; the demo teacher voxelises at 0.4 m and its BEV maps (and the demo student's) are
+#: ``ROAD_GRID.with_stride(4)``: 128 x 64 cells of 0.8 m.
+ROAD_GRID = BEVGrid(point_cloud_range=(-51.2, -25.6, -5.0, 51.2, 25.6, 3.0), voxel_size=(0.2, 0.2, 0.4))

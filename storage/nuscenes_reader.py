@@ -6,6 +6,7 @@ frame only through :func:`storage.boxes.boxes_from_nuscenes` with ``lidar_from_g
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from nuscenes import NuScenes  # untyped devkit: Any to mypy
 
 LIDAR_CHANNEL = "LIDAR_TOP"
+#: Which frames a reader yields: annotated keyframes, non-keyframe camera sweeps, or both.
+FRAMES = ("keyframes", "sweeps", "all")
+#: The channel whose non-keyframe sample_data rows define (and key) the sweep frames.
+SWEEP_KEY_CHANNEL = "CAM_FRONT"
 #: Foreign keys of the v1.0 schema: (table, field) -> referenced table.
 FOREIGN_KEYS = {
     ("sample_data", "sample_token"): "sample", ("sample_data", "ego_pose_token"): "ego_pose",
@@ -132,6 +137,12 @@ class NuScenesReader:
             4 holds the time lag to the keyframe in seconds (0 for keyframe points) instead of
             the ring index, as mmdet3d's ``LoadPointsFromMultiSweeps``; a keyframe near the
             start of its scene uses the sweeps it has.
+        frames: ``keyframes`` (annotated samples, keyed by sample token), ``sweeps`` (the
+            non-keyframe frames: one per ``is_key_frame: false`` CAM_FRONT sample_data row, keyed
+            by that row's token; each other camera and the LiDAR are the rows of their channel
+            nearest in time to that CAM_FRONT image; no annotations, ``Sample.labelled`` False)
+            or ``all`` (both, in time order per scene). Other than ``keyframes``, the
+            ``dataset_id`` ends in ``:<frames>`` so a cache of one is never read as the other.
 
     Picklable: the devkit database is dropped when pickled and reloaded lazily.
 
@@ -141,26 +152,66 @@ class NuScenesReader:
     """
 
     def __init__(self, dataroot: str | os.PathLike[str], version: str = "v1.0-mini", split: str = "mini_val",
-                 sweeps: int = 0) -> None:
+                 sweeps: int = 0, frames: str = "keyframes") -> None:
         if sweeps < 0:
             raise ValueError(f"NuScenesReader: sweeps must be >= 0, got {sweeps}")
+        if frames not in FRAMES:
+            raise ValueError(f"NuScenesReader: frames must be one of {FRAMES}, got {frames!r}")
         self.dataroot = os.path.abspath(dataroot)
-        self.version, self.split, self.sweeps = version, split, int(sweeps)
+        self.version, self.split, self.sweeps, self.frames = version, split, int(sweeps), frames
         wanted = set(split_scene_names(split, version))
-        self.dataset_id = f"nuscenes:{version}:{split}"
+        self.dataset_id = f"nuscenes:{version}:{split}" + ("" if frames == "keyframes" else f":{frames}")
         self._nusc: NuScenes | None = None
         scenes = [s for s in self.nusc.scene if s["name"] in wanted]
         if not scenes:
             have = sorted(s["name"] for s in self.nusc.scene)
             raise ValueError(f"{self.dataroot}: no scene of split {split!r} (dataset has {', '.join(have)})")
         tokens: list[str] = []
-        for scene in scenes:
-            tok = scene["first_sample_token"]
-            while tok:
-                tokens.append(tok)
-                tok = self._get("sample", tok, tok, "sample", "next")["next"]
+        #: sweep frame token -> channel -> sample_data token of that channel's row nearest in time.
+        self._sweep_frames: dict[str, dict[str, str]] = {}
+        if frames == "keyframes":
+            for scene in scenes:
+                tok = scene["first_sample_token"]
+                while tok:
+                    tokens.append(tok)
+                    tok = self._get("sample", tok, tok, "sample", "next")["next"]
+        else:
+            tokens, self._sweep_frames = self._frame_tokens(scenes)
+            if not tokens:
+                raise ValueError(f"{self.dataroot}: split {split!r} has no {frames} frames (no is_key_frame=false "
+                                 f"{SWEEP_KEY_CHANNEL} sample_data)")
         self.sample_tokens: tuple[str, ...] = tuple(tokens)
         self._index = {t: i for i, t in enumerate(tokens)}
+
+    def _frame_tokens(self, scenes: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """Frame tokens in time order per scene (keyframes by sample token with ``frames="all"``,
+        sweeps by their CAM_FRONT sample_data token) and each sweep frame's nearest rows."""
+        channels = (LIDAR_CHANNEL, *CAMERA_NAMES)
+        scene_tokens = {s["token"] for s in scenes}
+        scene_of = {r["token"]: r["scene_token"] for r in self.nusc.sample if r["scene_token"] in scene_tokens}
+        chains: dict[tuple[str, str], list[tuple[int, str, bool, str]]] = {}
+        for sd in self.nusc.sample_data:
+            scene = scene_of.get(sd["sample_token"])
+            if scene is not None and sd["channel"] in channels:
+                chains.setdefault((scene, sd["channel"]), []).append(
+                    (int(sd["timestamp"]), sd["token"], bool(sd["is_key_frame"]), sd["sample_token"]))
+        for chain in chains.values():
+            chain.sort()
+        tokens: list[str] = []
+        frames: dict[str, dict[str, str]] = {}
+        for scene in scenes:
+            for ts, tok, key, sample_token in chains.get((scene["token"], SWEEP_KEY_CHANNEL), []):
+                if key:
+                    if self.frames == "all":
+                        tokens.append(sample_token)
+                    continue
+                frames[tok] = {ch: _nearest(chains.get((scene["token"], ch), []), ts) for ch in channels}
+                tokens.append(tok)
+        return tokens, frames
+
+    def is_labelled(self, index_or_token: int | str) -> bool:
+        """True for an annotated keyframe, False for a sweep frame."""
+        return self.token_of(index_or_token) not in self._sweep_frames
 
     @property
     def nusc(self) -> NuScenes:
@@ -223,6 +274,9 @@ class NuScenesReader:
         from nuscenes.eval.detection.utils import category_to_detection_name
 
         token = self.token_of(index_or_token)
+        if token in self._sweep_frames:
+            return Annotations(gt_boxes=np.zeros((0, 9)), gt_labels=np.zeros(0, dtype=np.int64),
+                               num_lidar_pts=np.zeros(0, dtype=np.int64), instance_tokens=(), attribute_names=())
         sample = self._get("sample", token, token, "sample", "token")
         ego_from_lidar, global_from_ego = self._pose(self._sample_data(sample, LIDAR_CHANNEL), token)
         lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
@@ -254,10 +308,9 @@ class NuScenesReader:
                            attribute_names=tuple(attrs))
 
     def global_from_lidar(self, index_or_token: int | str) -> Float64Array:
-        """``(4, 4)`` float64 pose of the sample's keyframe LiDAR."""
+        """``(4, 4)`` float64 pose of the sample's LiDAR (keyframe, or a sweep frame's nearest sweep)."""
         token = self.token_of(index_or_token)
-        sample = self._get("sample", token, token, "sample", "token")
-        ego_from_lidar, global_from_ego = self._pose(self._sample_data(sample, LIDAR_CHANNEL), token)
+        ego_from_lidar, global_from_ego = self._pose(self._frame_rows(token)[LIDAR_CHANNEL], token)
         out: Float64Array = global_from_ego @ ego_from_lidar
         return out
 
@@ -269,8 +322,8 @@ class NuScenesReader:
                 sample, field and path). Images are read later by ``CameraInfo.load_image``.
         """
         token = self.token_of(index_or_token)
-        sample = self._get("sample", token, token, "sample", "token")
-        lidar_sd = self._sample_data(sample, LIDAR_CHANNEL)
+        rows = self._frame_rows(token)
+        lidar_sd = rows[LIDAR_CHANNEL]
         ego_from_lidar, global_from_ego = self._pose(lidar_sd, token)
         lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
         lidar_path = os.path.join(self.dataroot, lidar_sd["filename"])
@@ -279,7 +332,7 @@ class NuScenesReader:
             points = self._with_sweeps(points, lidar_sd, lidar_from_global, token)
         cameras = []
         for name in CAMERA_NAMES:
-            sd = self._sample_data(sample, name)
+            sd = rows[name]
             ego_from_cam, global_from_ego_cam = self._pose(sd, token)
             cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
             cameras.append(CameraInfo(
@@ -288,11 +341,34 @@ class NuScenesReader:
                 lidar_from_cam=lidar_from_global @ global_from_ego_cam @ ego_from_cam,
                 timestamp_us=int(sd["timestamp"]), image_size=(int(sd["width"]), int(sd["height"]))))
         ann = self.annotations(token)
+        labelled = token not in self._sweep_frames
+        sample = self._get("sample", token if labelled else rows[SWEEP_KEY_CHANNEL]["sample_token"], token,
+                           "sample" if labelled else "sample_data", "token" if labelled else "sample_token")
         scene = self._get("scene", sample["scene_token"], token, "sample", "scene_token")
-        return Sample(sample_token=token, timestamp_us=int(sample["timestamp"]), scene=scene["name"],
+        timestamp = sample["timestamp"] if labelled else lidar_sd["timestamp"]
+        return Sample(sample_token=token, timestamp_us=int(timestamp), scene=scene["name"],
                       lidar_path=lidar_path, points=points, cameras=tuple(cameras), ego_from_lidar=ego_from_lidar,
                       global_from_ego=global_from_ego, gt_boxes=ann.gt_boxes, gt_labels=ann.gt_labels,
-                      num_lidar_pts=ann.num_lidar_pts, instance_tokens=ann.instance_tokens)
+                      num_lidar_pts=ann.num_lidar_pts, instance_tokens=ann.instance_tokens, labelled=labelled)
+
+    def _frame_rows(self, token: str) -> dict[str, dict[str, Any]]:
+        """Channel -> sample_data record of a frame: the keyframe's ``sample.data``, or a sweep
+        frame's rows nearest in time to its CAM_FRONT image.
+
+        Raises:
+            SampleError: a channel has no row or references a missing record.
+        """
+        frame = self._sweep_frames.get(token)
+        if frame is None:
+            sample = self._get("sample", token, token, "sample", "token")
+            return {ch: self._sample_data(sample, ch) for ch in (LIDAR_CHANNEL, *CAMERA_NAMES)}
+        out = {}
+        for ch, sd_token in frame.items():
+            if not sd_token:
+                path = os.path.join(self.dataroot, self.version, "sample_data.json")
+                raise SampleError(token, f"{ch} sample_data", "missing (no row of the channel in the scene)", path)
+            out[ch] = self._get("sample_data", sd_token, token, "sample_data", "token")
+        return out
 
     def _with_sweeps(self, points: Float32Array, lidar_sd: dict[str, Any], lidar_from_global: Float64Array,
                      token: str) -> Float32Array:
@@ -316,4 +392,14 @@ class NuScenesReader:
         return np.concatenate(out, axis=0).astype(np.float32)
 
 
-__all__ = ["Annotations", "NuScenesReader", "NuScenesTableError", "load_nuscenes", "split_scene_names"]
+def _nearest(chain: list[tuple[int, str, bool, str]], timestamp: int) -> str:
+    """Token of the time-sorted ``(timestamp, token, ...)`` row nearest to ``timestamp`` ('' if none;
+    ties go to the earlier row)."""
+    if not chain:
+        return ""
+    i = bisect.bisect_left(chain, (timestamp,))
+    best = min((j for j in (i - 1, i) if 0 <= j < len(chain)), key=lambda j: abs(chain[j][0] - timestamp))
+    return chain[best][1]
+
+
+__all__ = ["FRAMES", "Annotations", "NuScenesReader", "NuScenesTableError", "load_nuscenes", "split_scene_names"]

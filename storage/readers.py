@@ -13,7 +13,7 @@ from storage.sample import SampleReader
 
 def open_reader(*, dataroot: str | os.PathLike[str] | None = None, info: str | os.PathLike[str] | None = None,
                 version: str = "v1.0-mini", split: str = "mini_val", data_root: str | os.PathLike[str] | None = None,
-                sweeps: int = 0) -> SampleReader:
+                sweeps: int = 0, frames: str = "keyframes") -> SampleReader:
     """The reader of a nuScenes ``dataroot`` or of an mmdet3d ``info`` pickle (exactly one given).
 
     Args:
@@ -23,6 +23,8 @@ def open_reader(*, dataroot: str | os.PathLike[str] | None = None, info: str | o
         split: nuScenes devkit split (with ``dataroot``).
         data_root: with ``info``, the folder its relative file paths start from (default: its folder).
         sweeps: past LiDAR sweeps merged into each sample's points.
+        frames: with ``dataroot``, ``keyframes``, ``sweeps`` (unannotated non-keyframe frames) or
+            ``all`` (see :class:`storage.nuscenes_reader.NuScenesReader`).
 
     Raises:
         ValueError: neither ``dataroot`` nor ``info`` was given, or the reader refused them.
@@ -30,7 +32,9 @@ def open_reader(*, dataroot: str | os.PathLike[str] | None = None, info: str | o
     if dataroot:
         from storage.nuscenes_reader import NuScenesReader
 
-        return NuScenesReader(dataroot, version=version, split=split, sweeps=sweeps)
+        return NuScenesReader(dataroot, version=version, split=split, sweeps=sweeps, frames=frames)
+    if frames != "keyframes":
+        raise ValueError(f"frames={frames!r} needs a nuScenes dataroot (an mmdet3d info file lists keyframes only)")
     if info:
         from storage.mmdet3d_reader import Mmdet3dInfoReader
 

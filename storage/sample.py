@@ -72,7 +72,7 @@ class CameraInfo:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Sample:
-    """One keyframe.
+    """One frame: a keyframe, or an unannotated frame (``labelled`` False).
 
     Attributes:
         sample_token: the dataset's sample id.
@@ -87,6 +87,9 @@ class Sample:
         gt_labels: ``(M,)`` int64 indices into :data:`NUSCENES_CLASSES`.
         num_lidar_pts: ``(M,)`` int64 annotated LiDAR points per box.
         instance_tokens: ``(M,)`` str instance ids (tracking across keyframes), may be empty strings.
+        labelled: True for an annotated keyframe; False for a frame without annotations (a
+            nuScenes non-keyframe sweep, an unlabelled log): its ``gt_boxes`` are empty because
+            nobody annotated it, not because the scene is empty, so detection losses skip it.
     """
 
     sample_token: str
@@ -101,6 +104,7 @@ class Sample:
     gt_labels: Int64Array
     num_lidar_pts: Int64Array
     instance_tokens: tuple[str, ...] = field(default=())
+    labelled: bool = True
 
     @property
     def global_from_lidar(self) -> Float64Array:

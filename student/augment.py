@@ -65,7 +65,9 @@ def bev_sampling_grid(dst_from_src: np.ndarray | torch.Tensor, src_grid: BEVGrid
     a = torch.linalg.inv(_as_batch_matrix(dst_from_src, batch, device))  # src_from_dst, (B, 4, 4)
     centres = (dst_grid or src_grid).cell_centers(like=a)  # (H, W, 2) float64
     xs, ys = centres[None, ..., 0], centres[None, ..., 1]  # (1, H, W)
-    coef = (lambda i, j: a[:, i, j].view(-1, 1, 1))
+    def coef(i: int, j: int) -> torch.Tensor:
+        return a[:, i, j].view(-1, 1, 1)
+
     sx = coef(0, 0) * xs + coef(0, 1) * ys + coef(0, 3)
     sy = coef(1, 0) * xs + coef(1, 1) * ys + coef(1, 3)
     return src_grid.grid_sample_coords(torch.stack([sx, sy], dim=-1)).float()

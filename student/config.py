@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from storage.grid import DEMO_GRID, BEVGrid
+from storage.grid import DEMO_GRID, ROAD_GRID, BEVGrid
 from teachers.lss import num_depth_bins
 
 
@@ -113,12 +113,25 @@ class StudentConfig:
         return (self.image_hw[0] // self.feature_stride, self.image_hw[1] // self.feature_stride)
 
     @classmethod
-    def tiny(cls, *, simdistill: bool = False) -> "StudentConfig":
+    def tiny(cls, *, simdistill: bool = False) -> StudentConfig:
         """The test configuration: ResNet-18 at width 16, 64x176 images, 32x32 BEV on DEMO_GRID."""
         return cls(backbone=BackboneConfig(depth=18, base_width=16), fpn_channels=32,
                    depth=DepthConfig(depth_bins=(2.0, 58.0, 2.0), mid_channels=32),
                    context_channels=16, bev_grid=DEMO_GRID.with_stride(8), bev_channels=32,
                    image_hw=(64, 176), simdistill=simdistill, head_channels=16)
+
+    @classmethod
+    def demo(cls) -> StudentConfig:
+        """The demo's CPU student: ResNet-18 at width 16, 128x352 images, 1 m depth bins from 1 to
+        61 m, BEV 128x64 cells of 0.8 m on ``ROAD_GRID.with_stride(4)`` (the demo teacher's grid)."""
+        return cls(backbone=BackboneConfig(depth=18, base_width=16), fpn_channels=32,
+                   depth=DepthConfig(depth_bins=(1.0, 61.0, 1.0), mid_channels=32), context_channels=16,
+                   bev_grid=ROAD_GRID.with_stride(4), bev_channels=32, image_hw=(128, 352), head_channels=16)
+
+    @classmethod
+    def demo_base(cls) -> StudentConfig:
+        """The full-size student (ResNet-50, 256x704, 0.5 m depth bins) on the demo grid, for a GPU."""
+        return cls(bev_grid=ROAD_GRID.with_stride(4))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,7 +139,7 @@ class StudentConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+    def from_dict(cls, d: dict[str, Any]) -> StudentConfig:
         """Inverse of :meth:`to_dict`; also reads dicts of older checkpoints, whose image size
         was stored under ``image_size`` (the same ``(height, width)`` order)."""
         d = dict(d)

@@ -5,7 +5,7 @@ kept **uint8**, its calibration, its GT boxes in the BEV-augmented frame (BEVDet
 cache row of its ``sample_token`` read with ``decode=False`` (uint8 codes, float16, bool). Rows of
 a multi-view cache (K stored BEV augmentations per sample) are drawn at random; only the
 residual between the drawn view and the student's augmentation is applied, later, on the
-training device (:mod:`student.targets_batch`). Normalising images and dequantising targets
+training device (:mod:`student.packed_targets`). Normalising images and dequantising targets
 happens there too, so DataLoader workers ship 1 byte per pixel / per map value.
 
 Without a cache the item carries LiDAR depth maps computed from the sample's points (for
@@ -35,7 +35,7 @@ from storage.bev_augment import BEVAugConfig
 from student.augment import ImageAugConfig, base_image_transform, residual_transform, warp_boxes
 from student.config import StudentConfig
 from student.model.types import StudentBatch
-from student.targets_batch import PackedTargets, collate_targets
+from student.packed_targets import PackedTargets, collate_targets
 from teachers.input import IMAGE_MEAN, IMAGE_STD
 from teachers.cache_row import build_cache_row, lidar_depth_maps
 
@@ -68,7 +68,8 @@ def open_cache(location: str | os.PathLike[str], reader: SampleReader, *, expect
             cache lacks a target the enabled losses need; the message says which.
         FileNotFoundError: no cache at ``location``.
     """
-    cache = CacheReader(os.fspath(location), expect_grid=expect_grid, expect_dataset=DatasetInfo.from_reader_id(reader.dataset_id))
+    cache = CacheReader(os.fspath(location), expect_grid=expect_grid,
+                        expect_dataset=DatasetInfo.from_reader_id(reader.dataset_id))
     stored = {t.name for t in cache.schema.targets}
     missing = [n for n in required_targets if n not in stored]
     if missing:
@@ -83,9 +84,15 @@ def cache_depth_geometry(cache: CacheReader) -> tuple[tuple[int, int], int] | No
     import zarr  # storage's dependency; only the root attributes are read
 
     job = zarr.open_group(store=cache.store, mode="r", zarr_format=3).attrs.get(JOB_ATTR)
-    if not job or "image_size" not in job:
+    if not isinstance(job, dict):
         return None
-    return (int(job["image_size"][0]), int(job["image_size"][1])), int(job.get("depth_stride", 16))
+    size, stride = job.get("image_size"), job.get("depth_stride", 16)
+    if not isinstance(size, list | tuple) or len(size) != 2 or not isinstance(stride, int | float):
+        return None
+    w, h = size
+    if not isinstance(w, int) or not isinstance(h, int):
+        return None
+    return (w, h), int(stride)
 
 
 def warp_image_u8(rgb: np.ndarray, img_aug: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -94,7 +101,8 @@ def warp_image_u8(rgb: np.ndarray, img_aug: np.ndarray, out_hw: tuple[int, int])
     from PIL import Image  # lazy
 
     inv = np.linalg.inv(img_aug)
-    out = Image.fromarray(rgb).transform((out_hw[1], out_hw[0]), Image.Transform.AFFINE, data=tuple(inv[:2].reshape(-1)),
+    out = Image.fromarray(rgb).transform((out_hw[1], out_hw[0]), Image.Transform.AFFINE,
+                                         data=tuple(inv[:2].reshape(-1)),
                                          resample=Image.Resampling.BILINEAR)
     return np.asarray(out).transpose(2, 0, 1).copy()
 
@@ -114,6 +122,8 @@ class StudentItem:
         residual_bev: ``(4, 4)``; residual_img ``(6, 3, 3)`` float64 (see :class:`PackedTargets`).
         depth_stride: pixels per cell of ``targets.lidar_depth``.
         points: ``(N, 5)`` float32 lidar frame (online distillation only).
+        labelled: the sample is annotated (:attr:`storage.sample.Sample.labelled`); False rows get
+            no detection loss on their (empty) GT boxes.
     """
 
     sample_token: str
@@ -129,6 +139,7 @@ class StudentItem:
     residual_img: np.ndarray = field(default_factory=lambda: np.tile(np.eye(3), (6, 1, 1)))
     depth_stride: float = 16.0
     points: np.ndarray | None = None
+    labelled: bool = True
 
 
 class StudentDataset(Dataset):
@@ -172,7 +183,8 @@ class StudentDataset(Dataset):
                                          f"{reader.dataset_id} (first: {self.tokens[:2]})")
             if missing:
                 warnings.warn(f"cache {c.location}: {len(missing)} of {len(self.tokens)} samples of "
-                              f"{reader.dataset_id} have no ok row and are skipped (first: {missing[:3]})")
+                              f"{reader.dataset_id} have no ok row and are skipped (first: {missing[:3]})",
+                              stacklevel=2)
             self.tokens = [t for t in self.tokens if t in self.views]
             self._cache, self._pid = None, os.getpid()
         else:
@@ -192,6 +204,8 @@ class StudentDataset(Dataset):
 
     def cache(self) -> CacheReader:
         if self._cache is None or self._pid != os.getpid():
+            if self.cache_location is None:
+                raise ValueError("StudentDataset: no cache given, so no cache to read")
             self._cache = CacheReader(self.cache_location, targets=self.cache_targets, expect_schema_version=None)
             self._pid = os.getpid()
         return self._cache
@@ -199,7 +213,8 @@ class StudentDataset(Dataset):
     @property
     def depth_image_size(self) -> tuple[int, int]:
         h, w = self.student.image_hw
-        return tuple(self.data.depth_image_size or (w, h))
+        dw, dh = self.data.depth_image_size or (w, h)
+        return int(dw), int(dh)
 
     def __getitem__(self, index: int) -> StudentItem:
         token = self.tokens[index]
@@ -222,13 +237,13 @@ class StudentDataset(Dataset):
                            bev_aug=bev_aug.astype(np.float32),
                            gt_boxes=warp_boxes(sample.gt_boxes, bev_aug).astype(np.float32),
                            gt_labels=np.asarray(sample.gt_labels, dtype=np.int64).reshape(-1),
-                           residual_bev=residual_transform(bev_aug, view_matrix))
+                           residual_bev=residual_transform(bev_aug, view_matrix), labelled=bool(sample.labelled))
         self._attach_targets(item, sample, row, ks, l2c, img_aug)
         return item
 
     def _cameras(self, sample: Sample, rng: np.random.Generator | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        hw = tuple(self.student.image_hw)
+        hw = (int(self.student.image_hw[0]), int(self.student.image_hw[1]))
         imgs, ks, l2c, augs = [], [], [], []
         for name in CAMERA_NAMES[:self.student.num_cameras]:
             cam = sample.camera(name)
@@ -276,6 +291,7 @@ class LoaderBatch:
         images: ``(B, 6, 3, h, w)`` uint8. Other camera fields as in :class:`StudentBatch`.
         targets: packed teacher targets, or None.
         points: per sample ``(N_i, 5)`` float32 lidar frame (online distillation), or None.
+        labelled: ``(B,)`` bool, the sample is annotated (see :attr:`StudentItem.labelled`).
     """
 
     images: torch.Tensor
@@ -288,6 +304,7 @@ class LoaderBatch:
     sample_tokens: tuple[str, ...]
     targets: PackedTargets | None = None
     points: list[torch.Tensor] | None = None
+    labelled: torch.Tensor | None = None
 
     def student_batch(self, device: torch.device | str) -> StudentBatch:
         """Move to ``device`` and normalise the images there (ImageNet mean/std, float32)."""
@@ -324,7 +341,9 @@ class Collate:
         self.grid, self.image_hw = grid, tuple(image_hw)
 
     def __call__(self, items: Sequence[StudentItem]) -> LoaderBatch:
-        st = (lambda name, dt=torch.float32: torch.from_numpy(np.stack([getattr(i, name) for i in items])).to(dt))
+        def st(name: str, dt: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.from_numpy(np.stack([getattr(i, name) for i in items])).to(dt)
+
         targets = None
         if items[0].targets is not None:
             stride = float(items[0].depth_stride)
@@ -336,8 +355,36 @@ class Collate:
                            lidar_from_cam=st("lidar_from_cam"), img_aug=st("img_aug"), bev_aug=st("bev_aug"),
                            gt_boxes=[torch.from_numpy(i.gt_boxes).reshape(-1, 9) for i in items],
                            gt_labels=[torch.from_numpy(i.gt_labels) for i in items],
-                           sample_tokens=tuple(i.sample_token for i in items), targets=targets, points=points)
+                           sample_tokens=tuple(i.sample_token for i in items), targets=targets, points=points,
+                           labelled=torch.tensor([bool(i.labelled) for i in items], dtype=torch.bool))
 
 
-__all__ = ["Collate", "DataConfig", "ImageAugConfig", "LoaderBatch", "StudentDataset", "StudentItem",
+class MixedDataset(Dataset):
+    """A labelled and an unlabelled :class:`StudentDataset` as one map-style dataset: indices
+    ``[0, len(labelled))`` are the labelled one's, the rest the unlabelled one's (items keep their
+    ``labelled`` flag, so the detection loss skips the unlabelled rows).
+
+    Raises:
+        ValueError: the two datasets' target grids differ.
+    """
+
+    def __init__(self, labelled: StudentDataset, unlabelled: StudentDataset) -> None:
+        if not labelled.grid.same_as(unlabelled.grid):
+            raise ValueError(f"unlabelled data: grid {unlabelled.grid.to_dict()} differs from the labelled data's "
+                             f"{labelled.grid.to_dict()}")
+        self.parts, self.grid = (labelled, unlabelled), labelled.grid
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.parts:
+            part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.parts[0]) + len(self.parts[1])
+
+    def __getitem__(self, index: int) -> StudentItem:
+        n = len(self.parts[0])
+        return self.parts[0][index] if index < n else self.parts[1][index - n]
+
+
+__all__ = ["Collate", "DataConfig", "MixedDataset", "ImageAugConfig", "LoaderBatch", "StudentDataset", "StudentItem",
            "base_image_transform", "cache_depth_geometry", "open_cache", "warp_image_u8"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ from storage.nuscenes_eval import DetectionMetrics
 from storage.sample import SampleReader
 from student.config import StudentConfig
 from student.dataset import DataConfig, open_cache
-from student.losses import DistillationConfig, LossWeights, TeacherSpec
-from student.targets_batch import spec_from_output, spec_from_schema
+from student.losses import DistillationConfig, LossWeights, TeacherShapes
+from student.packed_targets import spec_from_output, spec_from_schema
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +46,11 @@ class TrainConfig:
             run's schedule, e.g. on preemptible machines; a later ``resume`` continues.
         checkpoint_every: also checkpoint every N steps (0: only at epoch ends and the end).
         eval_score_threshold: detection score threshold at evaluation.
+        distance_bands: band edges (m) of the devkit mAP per ego-distance band at evaluation.
+        unlabelled_pseudo_labels: with unlabelled data (``train_student(unlabelled_reader=...)``),
+            train detection on unlabelled rows against the teacher's boxes scoring at least
+            ``distill.pseudo_label_min_score`` (sets :attr:`DistillationConfig.unlabelled_pseudo_labels`);
+            False: unlabelled rows get distillation terms only.
         progress: show a tqdm bar (rank 0).
     """
 
@@ -69,6 +74,8 @@ class TrainConfig:
     stop_after: int | None = None
     checkpoint_every: int = 0
     eval_score_threshold: float = 0.1
+    distance_bands: tuple[float, ...] = ()
+    unlabelled_pseudo_labels: bool = False
     progress: bool = True
 
     def lr_at(self, step: int, total: int) -> float:
@@ -122,7 +129,7 @@ def required_targets(cfg: DistillationConfig) -> list[str]:
         need.add("heatmap")
     if w.instance:
         need |= {"instance_features", "boxes"}
-    if w.detection and cfg.detection_boxes == "teacher":
+    if w.detection and (cfg.detection_boxes == "teacher" or cfg.unlabelled_pseudo_labels):
         need.add("boxes")
     if (w.dense_feature or w.keypoint_response) and cfg.soft_mask_boxes == "teacher":
         need.add("boxes")
@@ -132,13 +139,15 @@ def required_targets(cfg: DistillationConfig) -> list[str]:
     return sorted(need)
 
 
-def default_distillation(spec: TeacherSpec | None, available: set[str]) -> DistillationConfig:
+def default_distillation(spec: TeacherShapes | None, available: set[str]) -> DistillationConfig:
     """Detection + BEVDepth depth loss, plus every distillation term whose targets are available:
     BEVDistill dense (§3.2) and instance (§3.3), BEV-LGKD feature, X3KD heatmap, UniDistill keypoints."""
     if spec is None or not spec.bev_channels:
         return DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0))
     feat = "neck" if "neck" in spec.bev_channels else sorted(spec.bev_channels)[0]
-    has = (lambda *names: all(n in available for n in names))
+    def has(*names: str) -> bool:
+        return all(n in available for n in names)
+
     w = LossWeights(depth_bce=3.0 if has("lidar_depth") else 0.0, dense_feature=1.0,
                     lgkd_feature=1.0 if has("fg_mask", "view_mask") else 0.0,
                     heatmap=1.0 if has("heatmap") else 0.0, keypoint_response=1.0 if has("heatmap") else 0.0,
@@ -147,7 +156,7 @@ def default_distillation(spec: TeacherSpec | None, available: set[str]) -> Disti
 
 
 def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, teacher: nn.Module | None,
-                   expect_grid: BEVGrid | None) -> tuple[Any, TeacherSpec | None, DistillationConfig, list[str]]:
+                   expect_grid: BEVGrid | None) -> tuple[Any, TeacherShapes | None, DistillationConfig, list[str]]:
     """Open/check the cache (or probe the live teacher) and choose the losses.
 
     Returns:
@@ -172,6 +181,8 @@ def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, t
         distill = DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0))
     else:
         distill = config.distill or default_distillation(spec, available)
+        if config.unlabelled_pseudo_labels:
+            distill = replace(distill, unlabelled_pseudo_labels=True)
     need = required_targets(distill)
     if cache is not None:
         cache = open_cache(cache_path, reader, expect_grid=expect_grid, required_targets=need)

@@ -30,12 +30,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from storage.grid import BEVGrid
 from storage.sample import SampleReader
-from student.dataset import Collate, LoaderBatch, StudentDataset, cache_depth_geometry
+from student.dataset import Collate, LoaderBatch, MixedDataset, StudentDataset, cache_depth_geometry, open_cache
 from student.evaluate import evaluate_student
 from student.losses import DistillationLoss, TeacherTargets
 from student.losses.combined import LossBreakdown
 from student.model import StudentModel, StudentOutput
-from student.targets_batch import live_teacher_targets, packed_to_teacher_targets
+from student.packed_targets import live_teacher_targets, packed_to_teacher_targets
 from student.train_config import (TrainConfig, TrainResult, choose_targets, default_distillation,
                                   required_targets)
 from teachers.centerhead import CenterHeadOutput
@@ -43,11 +43,14 @@ from teachers.centerhead import CenterHeadOutput
 
 def _float_output(out: StudentOutput) -> StudentOutput:
     """The student's output cast to float32 (losses run outside autocast)."""
-    f = (lambda t: None if t is None else t.float())
+    def f(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.float()
+
     head = [CenterHeadOutput(classes=o.classes, heatmap=o.heatmap.float(), reg=o.reg.float(), height=o.height.float(),
                              dim=o.dim.float(), rot=o.rot.float(), vel=o.vel.float()) for o in out.head]
-    return replace(out, camera_bev=f(out.camera_bev), bev_feature=f(out.bev_feature), head=head,
-                   depth_logits=f(out.depth_logits), depth_probs=f(out.depth_probs), image_features=f(out.image_features),
+    return replace(out, camera_bev=out.camera_bev.float(), bev_feature=out.bev_feature.float(), head=head,
+                   depth_logits=out.depth_logits.float(), depth_probs=out.depth_probs.float(),
+                   image_features=out.image_features.float(),
                    sim_lidar_bev=f(out.sim_lidar_bev), fused_bev=f(out.fused_bev))
 
 
@@ -58,11 +61,13 @@ class StudentWithLoss(nn.Module):
         super().__init__()
         self.model, self.loss = model, loss
 
-    def forward(self, batch, targets: TeacherTargets | None, autocast: Any = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, batch, targets: TeacherTargets | None, autocast: Any = None,
+                labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """``(total loss, {term: weighted scalar})``; the student runs under ``autocast`` if given."""
         with autocast or nullcontext():
             out = self.model(batch)
-        losses: LossBreakdown = self.loss(_float_output(out), targets, gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels)
+        losses: LossBreakdown = self.loss(_float_output(out), targets, gt_boxes=batch.gt_boxes,
+                                          gt_labels=batch.gt_labels, labelled=labelled)
         return losses.total, losses.terms()
 
 
@@ -110,7 +115,8 @@ def _batch_targets(batch: LoaderBatch, device: torch.device, teacher: nn.Module 
 
 def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | os.PathLike[str] | None = None, *,
                   eval_reader: SampleReader | None = None, teacher: nn.Module | None = None,
-                  expect_grid: BEVGrid | None = None) -> TrainResult:
+                  expect_grid: BEVGrid | None = None, unlabelled_reader: SampleReader | None = None,
+                  unlabelled_cache: str | os.PathLike[str] | None = None) -> TrainResult:
     """Train a student (see the module docstring) and evaluate it.
 
     Args:
@@ -121,6 +127,12 @@ def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | o
             None skips evaluation.
         teacher: a live teacher for online distillation (used only without ``cache_path``).
         expect_grid: refuse a cache on another grid.
+        unlabelled_reader: unannotated frames trained on besides ``reader``'s (e.g.
+            ``NuScenesReader(..., frames="sweeps")``): their rows get every distillation term but
+            no detection loss (or, with ``config.unlabelled_pseudo_labels``, one on the teacher's
+            boxes). An epoch covers both readers' samples.
+        unlabelled_cache: the teacher-target cache of ``unlabelled_reader`` (required with
+            ``cache_path``; same grid, targets and job image size).
 
     Raises:
         storage.errors.CacheMismatchError: the cache's schema version, grid or dataset differ from
@@ -130,7 +142,8 @@ def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | o
     d = _init_distributed(config.device)
     device = _device(config.device, d.local_rank)
     try:
-        run = _Run(config, reader, cache_path, teacher, expect_grid, d, device)
+        run = _Run(config, reader, cache_path, teacher, expect_grid, d, device,
+                   unlabelled=None if unlabelled_reader is None else (unlabelled_reader, unlabelled_cache))
         run.train()
         return run.finish(eval_reader)
     finally:
@@ -142,7 +155,8 @@ class _Run:
     """One training run's state: data, model, optimizer, position, log."""
 
     def __init__(self, config: TrainConfig, reader: SampleReader, cache_path: Any, teacher: nn.Module | None,
-                 expect_grid: BEVGrid | None, d: _Dist, device: torch.device) -> None:
+                 expect_grid: BEVGrid | None, d: _Dist, device: torch.device,
+                 unlabelled: tuple[SampleReader, Any] | None = None) -> None:
         self.config, self.d, self.device = config, d, device
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,12 +168,18 @@ class _Run:
         geometry = cache_depth_geometry(cache) if cache is not None else None
         if geometry is not None and data.depth_image_size is None:  # depth maps built for the job's image size
             data = replace(data, depth_image_size=geometry[0])
-        self.ds = StudentDataset(reader, config.student, data, cache=cache, train=True, seed=config.seed,
-                                 online_grid=spec.bev_grid if self.online is not None else None,
-                                 cache_targets=need or None)
+        online_grid = spec.bev_grid if self.online is not None and spec is not None else None
+        self.ds: StudentDataset | MixedDataset = StudentDataset(reader, config.student, data, cache=cache, train=True,
+                                                               seed=config.seed, online_grid=online_grid,
+                                                               cache_targets=need or None)
+        self.mixed = unlabelled is not None
+        if unlabelled is not None:
+            self.ds = MixedDataset(self.ds, _unlabelled_dataset(config, data, unlabelled, cache, need, geometry,
+                                                                self.ds.grid if self.online is not None else None))
         torch.manual_seed(config.seed)
         self.model = StudentModel(config.student)
-        self.wrapper = StudentWithLoss(self.model, DistillationLoss.for_student(self.distill, self.model, spec)).to(device)
+        loss = DistillationLoss.for_student(self.distill, self.model, spec)
+        self.wrapper = StudentWithLoss(self.model, loss).to(device)
         self.use_amp = bool(config.amp)  # CUDA: float16 + gradient scaling; CPU: bfloat16 (no scaling needed)
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.opt = torch.optim.AdamW(self.wrapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -172,7 +192,8 @@ class _Run:
         if d.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.wrapper, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
-        self.sampler = DistributedSampler(self.ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=config.seed)
+        self.sampler: DistributedSampler[int] = DistributedSampler(self.ds, num_replicas=d.world, rank=d.rank,
+                                                                   shuffle=True, seed=config.seed)
         self.per_epoch = math.ceil(len(self.sampler) / config.batch_size)
         self.total = config.steps if config.steps is not None else config.epochs * self.per_epoch
         self.log_path = self.out_dir / ("train_log.jsonl" if d.rank == 0 else f"train_log.rank{d.rank}.jsonl")
@@ -229,7 +250,8 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = c.lr_at(step, self.total)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else None
-        loss, terms = self.ddp(lb.student_batch(self.device), _batch_targets(lb, self.device, self.online), autocast)
+        loss, terms = self.ddp(lb.student_batch(self.device), _batch_targets(lb, self.device, self.online), autocast,
+                               lb.labelled if self.mixed else None)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if c.grad_clip:
@@ -258,7 +280,8 @@ class _Run:
         if eval_reader is not None and self.d.rank == 0:
             metrics = evaluate_student(self.model, eval_reader, self.config.student, device=self.device,
                                        output_dir=self.out_dir / "eval", batch_size=self.config.batch_size,
-                                       score_threshold=self.config.eval_score_threshold)
+                                       score_threshold=self.config.eval_score_threshold,
+                                       distance_bands=self.config.distance_bands)
         steady = self.times[1:] or self.times
         sec = float(sum(steady) / max(len(steady), 1))
         name = "summary.json" if self.d.rank == 0 else f"summary.rank{self.d.rank}.json"
@@ -266,7 +289,30 @@ class _Run:
                                                      "final_losses": self.last,
                                                      "params_sha256": params_sha256(self.wrapper)}, indent=1))
         return TrainResult(metrics=metrics, loss_log=self.log_path, checkpoint=self.ckpt_path,
-                           steps=self.position["step"], final_losses=self.last, seconds_per_step=sec, distill=self.distill)
+                           steps=self.position["step"], final_losses=self.last, seconds_per_step=sec,
+                           distill=self.distill)
+
+
+def _unlabelled_dataset(config: TrainConfig, data: Any, unlabelled: tuple[SampleReader, Any], cache: Any,
+                        need: list[str], geometry: Any, online_grid: BEVGrid | None) -> StudentDataset:
+    """The unlabelled reader's dataset, its cache checked against the labelled one's.
+
+    Raises:
+        ValueError: a cache on one side only, or caches built for other image sizes.
+        storage.errors.CacheMismatchError: grid, dataset or needed targets differ.
+    """
+    reader, location = unlabelled
+    if (cache is None) != (location is None):
+        raise ValueError("train_student: give a teacher-target cache for both the labelled and the unlabelled "
+                         f"data, or for neither (labelled: {cache is not None}, unlabelled: {location is not None})")
+    ucache = None
+    if location is not None:
+        ucache = open_cache(location, reader, expect_grid=cache.schema.grid, required_targets=need)
+        if cache_depth_geometry(ucache) != geometry:
+            raise ValueError(f"unlabelled cache {ucache.location}: depth maps built for {cache_depth_geometry(ucache)}"
+                             f" ((w, h), stride), the labelled cache for {geometry}")
+    return StudentDataset(reader, config.student, data, cache=ucache, train=True, seed=config.seed + 1,
+                          online_grid=online_grid, cache_targets=need or None)
 
 
 def params_sha256(module: nn.Module) -> str:

@@ -4,7 +4,7 @@ Modules (import what you need; this package imports nothing heavy on its own):
 
 * ``input`` — :class:`TeacherInput`, the typed batch (points, images, calibration, GT).
 * ``output`` — :class:`TeacherOutput`, what every teacher returns.
-* ``centerhead`` / ``center_targets`` — CenterPoint head, Gaussian targets, focal/L1 losses, decoding.
+* ``centerhead`` / ``center_gt`` — CenterPoint head, Gaussian targets, focal/L1 losses, decoding.
 * ``config`` — frozen configs (``centerpoint_tiny``, ``centerpoint_voxel0075``).
 * ``voxelize``, ``sparse_encoder``, ``bev_backbone``, ``centerpoint`` — the LiDAR teacher.
 * ``camera_branch``, ``fusion`` — the BEVFusion-style camera + LiDAR teacher.

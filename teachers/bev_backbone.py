@@ -14,11 +14,13 @@ from torch import nn
 
 from teachers.config import SECONDConfig, SECONDFPNConfig
 
-_BN = dict(eps=1e-3, momentum=0.01)
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
 
 
 def _cbr(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out, **_BN),
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), _bn(c_out),
             nn.ReLU(inplace=True)]
 
 
@@ -29,7 +31,7 @@ class SECOND(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList()
         c_in = in_channels
-        for c_out, n, s in zip(config.out_channels, config.layer_nums, config.layer_strides):
+        for c_out, n, s in zip(config.out_channels, config.layer_nums, config.layer_strides, strict=True):
             layers = _cbr(c_in, c_out, s)
             for _ in range(n):
                 layers += _cbr(c_out, c_out)
@@ -51,14 +53,14 @@ class SECONDFPN(nn.Module):
     def __init__(self, in_channels: tuple[int, ...], config: SECONDFPNConfig) -> None:
         super().__init__()
         self.deblocks = nn.ModuleList()
-        for c_in, c_out, s in zip(in_channels, config.out_channels, config.upsample_strides):
+        for c_in, c_out, s in zip(in_channels, config.out_channels, config.upsample_strides, strict=True):
             if s > 1:
                 up: nn.Module = nn.ConvTranspose2d(c_in, c_out, s, stride=s, bias=False)
             else:  # mmdet3d use_conv_for_no_stride=True: a (strided) conv
                 k = int(round(1 / s))
                 up = nn.Conv2d(c_in, c_out, k, stride=k, bias=False)
-            self.deblocks.append(nn.Sequential(up, nn.BatchNorm2d(c_out, **_BN), nn.ReLU(inplace=True)))
+            self.deblocks.append(nn.Sequential(up, _bn(c_out), nn.ReLU(inplace=True)))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Per-stage maps -> ``(B, sum(out_channels), H_out, W_out)``."""
-        return torch.cat([d(f) for d, f in zip(self.deblocks, feats)], dim=1)
+        return torch.cat([d(f) for d, f in zip(self.deblocks, feats, strict=True)], dim=1)

@@ -3,7 +3,7 @@ features at decoded boxes; the student's keypoint-response and instance distilla
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -29,7 +29,7 @@ from storage.cache.row import CacheRow
 from storage.grid import BEVGrid
 from storage.sample import CAMERA_NAMES, Sample
 from storage.transforms import invert_transform
-from teachers.center_targets import build_center_targets
+from teachers.center_gt import build_center_targets
 from teachers.input import resize_intrinsic
 from teachers.output import TeacherOutput
 
@@ -120,8 +120,7 @@ def view_masks(cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray, image_size
     """
     h, w = bev_grid.bev_shape
     if heights is None:
-        z0, z1, vz = bev_grid.point_cloud_range[2], bev_grid.point_cloud_range[5], bev_grid.voxel_size[2]
-        heights = np.arange(z0 + vz / 2, z1, vz)
+        heights = bev_grid.z_centers()
     xy = bev_grid.cell_centers().reshape(-1, 2)
     col = np.concatenate([np.concatenate([xy, np.full((len(xy), 1), z)], 1) for z in heights])
     out = np.zeros((len(cam_intrinsic), h, w), dtype=bool)
@@ -173,7 +172,7 @@ def scaled_cameras(sample: Sample, image_size: tuple[int, int]) -> tuple[np.ndar
 def build_cache_row(teacher_output: TeacherOutput | None, sample: Sample, *, image_wh: tuple[int, int],
                     index: int = 0, bev_grid: BEVGrid | None = None, depth_stride: int = 16, max_depth: float = 60.0,
                     view_matrix: np.ndarray | None = None, lidar_targets: Collection[str] = LIDAR_TARGETS,
-                    lidar_depth: np.ndarray | None = None) -> CacheRow:
+                    lidar_depth: np.ndarray | None = None, unlabelled_fg_min_score: float = 0.3) -> CacheRow:
     """The cache row of one ``(sample, view)``: sample ``index`` of ``teacher_output`` (numpy) plus
     the LiDAR-guided targets of ``sample``.
 
@@ -192,6 +191,9 @@ def build_cache_row(teacher_output: TeacherOutput | None, sample: Sample, *, ima
         lidar_targets: which of :data:`LIDAR_TARGETS` to build.
         lidar_depth: the sample's ``(6, h // stride, w // stride)`` depth maps when already built
             (camera frame: the same for every view of a sample).
+        unlabelled_fg_min_score: for an unlabelled sample (``sample.labelled`` False, no GT boxes),
+            ``fg_mask`` comes from the teacher's boxes scoring at least this (empty without a
+            teacher output).
 
     Returns:
         the row: the teacher's targets, ``fg_mask (H, W)`` (:func:`fg_mask_from_boxes`),
@@ -208,7 +210,10 @@ def build_cache_row(teacher_output: TeacherOutput | None, sample: Sample, *, ima
     if view_matrix is not None:
         row.view_matrix = np.asarray(view_matrix, dtype=np.float64)
     if "fg_mask" in lidar_targets:
-        row.fg_mask = fg_mask_from_boxes(sample.gt_boxes, grid)
+        fg_boxes = sample.gt_boxes
+        if not sample.labelled and row.boxes is not None and row.scores is not None:
+            fg_boxes = np.asarray(row.boxes)[np.asarray(row.scores) >= unlabelled_fg_min_score]
+        row.fg_mask = fg_mask_from_boxes(fg_boxes, grid)
     if "view_mask" in lidar_targets or ("lidar_depth" in lidar_targets and lidar_depth is None):
         ks, l2c = scaled_cameras(sample, image_wh)
         if "view_mask" in lidar_targets:

@@ -63,13 +63,15 @@ class ImageBackbone(nn.Module):
             feats.append(x)
         feats = feats[self.first:]
         y = self.lateral[-1](feats[-1])
-        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
             y = lat(f) + F.interpolate(y, size=f.shape[-2:], mode="bilinear", align_corners=False)
         return self.smooth(y)
 
 
 class LSSCameraBranch(nn.Module):
     """Images -> per-camera depth distributions and a camera BEV map on ``grid``."""
+
+    depths: torch.Tensor  # (D,) depth-bin centres, m (buffer)
 
     def __init__(self, config: CameraBranchConfig, grid: BEVGrid) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ load without renaming (``shared_conv.conv.weight``, ``task_heads.0.heatmap.1.bia
   ``height`` (1), ``dim`` (3, log size), ``rot`` (2, sin/cos), ``vel`` (2) and ``heatmap``
   (K_t logits); each branch is ``(num_convs - 1)`` x [3x3 conv + BN + ReLU] + a 3x3 conv.
 
-Targets and losses live in :mod:`teachers.center_targets` and are re-exported here.
+Targets and losses live in :mod:`teachers.center_gt` and are re-exported here.
 
 Typical use::
 
@@ -22,14 +22,16 @@ Typical use::
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from storage.grid import BEVGrid
-from teachers.center_targets import (CODE_SIZE, DEFAULT_CODE_WEIGHTS, CenterTargets, GaussianFocalLoss,
+from teachers.center_gt import (CODE_SIZE, DEFAULT_CODE_WEIGHTS, CenterTargets, GaussianFocalLoss,
                                      build_center_targets, gather_at, gaussian_focal_loss, gaussian_radius,
                                      regression_l1_loss)
 
@@ -156,7 +158,9 @@ class SeparateHead(nn.Module):
         for name, ch in REGRESSION_HEADS:
             self.add_module(name, _branch(c, hid, ch, config.num_convs))
         self.heatmap = _branch(c, hid, num_task_classes, config.num_heatmap_convs)
-        nn.init.constant_(self.heatmap[-1].bias, config.init_bias)
+        last = self.heatmap[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.constant_(last.bias, config.init_bias)
 
     def forward(self, x: torch.Tensor, classes: tuple[int, ...]) -> CenterHeadOutput:
         maps = {name: getattr(self, name)(x) for name, _ in REGRESSION_HEADS}
@@ -176,7 +180,7 @@ class CenterHead(nn.Module):
     def forward(self, x: torch.Tensor) -> list[CenterHeadOutput]:
         """``x``: ``(B, in_channels, H, W)`` BEV features -> one output per task."""
         shared = self.shared_conv(x)
-        return [head(shared, classes) for head, classes in zip(self.task_heads, self.config.task_classes)]
+        return [head(shared, classes) for head, classes in zip(self.task_heads, self.config.task_classes, strict=True)]
 
     def build_targets(self, gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor],
                       grid: BEVGrid) -> list[CenterTargets]:
@@ -188,8 +192,10 @@ class CenterHead(nn.Module):
 
     def loss(self, outputs: Sequence[CenterHeadOutput], targets: Sequence[CenterTargets]) -> CenterHeadLosses:
         """Focal heatmap loss + ``reg_weight`` x L1 box loss, summed over tasks (CenterPoint §3)."""
-        hm = sum(self.focal(o.heatmap, t.heatmap) for o, t in zip(outputs, targets))
-        reg = sum(regression_l1_loss(o.code(), t, self.config.code_weights) for o, t in zip(outputs, targets))
+        pairs = list(zip(outputs, targets, strict=True))
+        hm = functools.reduce(operator.add, [self.focal(o.heatmap, t.heatmap) for o, t in pairs])
+        reg = functools.reduce(operator.add, [regression_l1_loss(o.code(), t, self.config.code_weights)
+                                              for o, t in pairs])
         return CenterHeadLosses(heatmap=hm, regression=self.config.reg_weight * reg)
 
 
@@ -281,7 +287,7 @@ def decode_boxes(outputs: CenterHeadOutput | Sequence[CenterHeadOutput], grid: B
     all_boxes, all_scores, all_labels = [], [], []
     for b in range(outs[0].heatmap.shape[0]):
         parts = [_decode_task(o, b, grid, score_threshold, pre_max) for o in outs]
-        boxes, scores, labels = (torch.cat(p) for p in zip(*parts))
+        boxes, scores, labels = (torch.cat(p) for p in zip(*parts, strict=True))
         if nms_radius is not None and len(boxes):
             radius = boxes.new_tensor(nms_radius)[labels]
             keep = circle_nms(boxes[:, :2], scores, radius, labels)

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.grid import DEMO_GRID, NUSCENES_GRID, BEVGrid
+from storage.grid import DEMO_GRID, NUSCENES_GRID, ROAD_GRID, BEVGrid
 from teachers.centerhead import NUSCENES_TASKS, CenterHeadConfig
 
 
@@ -164,6 +164,26 @@ def centerpoint_tiny(grid: BEVGrid = DEMO_GRID) -> CenterPointConfig:
                                     encoder_paddings=((1,), (1,), (0, 0))),
         backbone=SECONDConfig(out_channels=(64, 128), layer_nums=(3, 3), layer_strides=(1, 2)),
         neck=SECONDFPNConfig(out_channels=(64, 64), upsample_strides=(1, 2)),
+        tasks=(tuple(range(10)),), shared_channels=64, head_channels=64, max_boxes=100)
+
+
+def centerpoint_road(grid: BEVGrid = ROAD_GRID) -> CenterPointConfig:
+    """The demo's reference LiDAR teacher (CPU-trainable) on :data:`storage.grid.ROAD_GRID`.
+
+    Voxels of 0.4 x 0.4 x 0.4 m (2x ``grid``'s x/y voxel), one strided sparse stage, so the
+    BEV maps are ``grid.with_stride(4)`` (ROAD_GRID: 128 x 64 cells of 0.8 m, the demo student's
+    grid); a slim SECOND (48/96 channels, 2 layers per stage) and SECOND FPN (2 x 48 = 96-channel
+    ``neck``). Sized so a CPU trains it in tens of minutes: ``teachers/checkpoints/README.md``.
+    """
+    vx, vy, vz = grid.voxel_size
+    coarse = BEVGrid(point_cloud_range=grid.point_cloud_range, voxel_size=(2 * vx, 2 * vy, vz), frame=grid.frame)
+    return CenterPointConfig(
+        grid=coarse,
+        voxelization=VoxelizationConfig(mode="hard", max_points_per_voxel=10, max_voxels=(20000, 30000)),
+        encoder=SparseEncoderConfig(base_channels=16, output_channels=32, encoder_channels=((32,), (32,)),
+                                    encoder_paddings=((1,), (0,))),
+        backbone=SECONDConfig(out_channels=(48, 96), layer_nums=(2, 2), layer_strides=(1, 2)),
+        neck=SECONDFPNConfig(out_channels=(48, 48), upsample_strides=(1, 2)),
         tasks=(tuple(range(10)),), shared_channels=64, head_channels=64, max_boxes=100)
 
 

@@ -53,7 +53,7 @@ def fusion_tiny(grid: BEVGrid = DEMO_GRID) -> FusionConfig:
 
 
 def fusion_config_from_dict(d: dict[str, Any]) -> FusionConfig:
-    cam = {k: tuple(v) if isinstance(v, list) else v for k, v in d["camera"].items()}
+    cam: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["camera"].items()}
     return FusionConfig(lidar=centerpoint_config_from_dict(d["lidar"]), camera=CameraBranchConfig(**cam),
                         fused_channels=int(d["fused_channels"]))
 

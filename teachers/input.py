@@ -54,7 +54,9 @@ class TeacherInput:
 
     def to(self, device: torch.device | str) -> TeacherInput:
         """A copy on ``device``."""
-        mv = (lambda t: None if t is None else t.to(device))
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return TeacherInput(points=[p.to(device) for p in self.points], images=mv(self.images),
                             cam_intrinsic=mv(self.cam_intrinsic), lidar_from_cam=mv(self.lidar_from_cam),
                             image_size=self.image_size, gt_boxes=[b.to(device) for b in self.gt_boxes],
@@ -81,10 +83,11 @@ class TeacherInput:
         tokens = tuple(s.sample_token for s in samples)
         if image_size is None:
             return cls(points=points, gt_boxes=boxes, gt_labels=labels, sample_tokens=tokens)
+        w, h = image_size
         imgs, ks, l2c = zip(*(_load_cameras(s, image_size) for s in samples), strict=True)
         return cls(points=points, images=torch.from_numpy(np.stack(imgs)).to(device),
                    cam_intrinsic=torch.from_numpy(np.stack(ks)).to(device),
-                   lidar_from_cam=torch.from_numpy(np.stack(l2c)).to(device), image_size=tuple(image_size),
+                   lidar_from_cam=torch.from_numpy(np.stack(l2c)).to(device), image_size=(int(w), int(h)),
                    gt_boxes=boxes, gt_labels=labels, sample_tokens=tokens)
 
 
@@ -106,8 +109,9 @@ def _load_cameras(sample: Sample, image_size: tuple[int, int]) -> tuple[np.ndarr
         cam = sample.camera(name)
         rgb = cam.load_image(sample.sample_token)
         src = (rgb.shape[1], rgb.shape[0])
-        if src != tuple(image_size):
-            rgb = np.asarray(Image.fromarray(rgb).resize(tuple(image_size), Image.BILINEAR))
+        size = (int(image_size[0]), int(image_size[1]))
+        if src != size:
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
         imgs.append((rgb.transpose(2, 0, 1).astype(np.float32) - mean) / std)
         ks.append(resize_intrinsic(cam.cam_intrinsic, src, image_size))
         l2c.append(cam.lidar_from_cam)

@@ -30,7 +30,7 @@ when it already matches the model (``layout="auto"``), or as forced by ``layout`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ def _unwrap(checkpoint: Mapping[str, object]) -> Mapping[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         inner = checkpoint.get(key) if isinstance(checkpoint, Mapping) else None
         if isinstance(inner, Mapping):
-            return inner  # type: ignore[return-value]
+            return inner
     return checkpoint  # type: ignore[return-value]
 
 
@@ -104,7 +104,8 @@ def _sparse_kernel(key: str, t: torch.Tensor, target: torch.Tensor | None, layou
                      f"(kD,kH,kW,in,out) nor 2.x (out,kD,kH,kW,in) for model shape {tuple(target.shape)}")
 
 
-def load_mmdet3d_centerpoint(model: nn.Module, checkpoint: Mapping[str, object], layout: str = "auto") -> ConversionReport:
+def load_mmdet3d_centerpoint(model: nn.Module, checkpoint: Mapping[str, object],
+                              layout: str = "auto") -> ConversionReport:
     """Convert and load strictly into ``model``.
 
     Raises:

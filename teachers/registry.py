@@ -2,8 +2,8 @@
 
 The name is recorded in every cache, together with the teacher's config and the sha256 of its
 weights (:class:`storage.cache.TeacherInfo`, returned by :func:`load_teacher`). Besides the
-built-in names, ``"package.module:factory"`` names any importable callable returning an ``nn.Module`` whose ``forward(TeacherInput)`` returns a
-:class:`teachers.output.TeacherOutput` ("bring your own teacher").
+built-in names, ``"package.module:factory"`` names any importable callable returning an ``nn.Module``
+whose ``forward(TeacherInput)`` returns a :class:`teachers.output.TeacherOutput` ("bring your own teacher").
 
 Checkpoint format (``torch.save`` of a dict): ``{"teacher": name, "config": config dict,
 "state_dict": ..., "meta": {...}}``; built-in teachers are rebuilt from ``config``.
@@ -22,13 +22,20 @@ import torch
 from torch import nn
 
 from storage.cache.schema import TeacherInfo
-from teachers.config import CenterPointConfig, centerpoint_config_from_dict, centerpoint_tiny, centerpoint_voxel0075, config_to_dict
+from teachers.config import (CenterPointConfig, centerpoint_config_from_dict, centerpoint_road, centerpoint_tiny,
+                             centerpoint_voxel0075, config_to_dict)
 
 
 def _centerpoint(config: CenterPointConfig | None) -> nn.Module:
     from teachers.centerpoint import CenterPointTeacher
 
     return CenterPointTeacher(config or centerpoint_tiny())
+
+
+def _centerpoint_road(config: CenterPointConfig | None) -> nn.Module:
+    from teachers.centerpoint import CenterPointTeacher
+
+    return CenterPointTeacher(config or centerpoint_road())
 
 
 def _centerpoint_nus(config: CenterPointConfig | None) -> nn.Module:
@@ -52,6 +59,7 @@ def _fusion_config_from_dict(d: dict[str, Any]) -> Any:
 #: name -> (factory(config or None) -> module, config_from_dict)
 TEACHERS: dict[str, tuple[Callable[[Any], nn.Module], Callable[[dict[str, Any]], Any]]] = {
     "centerpoint": (_centerpoint, centerpoint_config_from_dict),
+    "centerpoint_road": (_centerpoint_road, centerpoint_config_from_dict),
     "centerpoint_voxel0075": (_centerpoint_nus, centerpoint_config_from_dict),
     "bevfusion": (_bevfusion, _fusion_config_from_dict),
 }
@@ -75,7 +83,8 @@ def _module_config(module: nn.Module) -> dict[str, Any]:
 def _import_factory(spec: str) -> Callable[[], nn.Module]:
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
-        raise ValueError(f"teacher {spec!r}: expected a registered name ({', '.join(TEACHERS)}) or 'package.module:factory'")
+        raise ValueError(f"teacher {spec!r}: expected a registered name ({', '.join(TEACHERS)}) "
+                         "or 'package.module:factory'")
     try:
         factory = getattr(importlib.import_module(mod_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -100,7 +109,8 @@ def build_teacher(name: str, config: Any | None = None) -> nn.Module:
     return module
 
 
-def save_checkpoint(module: nn.Module, name: str, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> str:
+def save_checkpoint(module: nn.Module, name: str, path: str | os.PathLike[str],
+                    meta: dict[str, Any] | None = None) -> str:
     """Write ``{"teacher", "config", "state_dict", "meta"}`` to ``path``; returns the weights sha256."""
     torch.save({"teacher": name, "config": _module_config(module), "state_dict": module.state_dict(),
                 "meta": dict(meta or {})}, os.fspath(path))
@@ -136,7 +146,8 @@ def load_teacher(name_or_factory: str | Callable[[], nn.Module] | None = None,
         config = None
         if ckpt is not None and label in TEACHERS and ckpt.get("config"):
             stored = ckpt.get("teacher")
-            if stored not in (None, label) and (stored not in TEACHERS or TEACHERS[stored][1] is not TEACHERS[label][1]):
+            same_config = stored in TEACHERS and TEACHERS[stored][1] is TEACHERS[label][1]
+            if stored not in (None, label) and not same_config:
                 raise ValueError(f"checkpoint {checkpoint}: holds teacher {ckpt['teacher']!r}, not {label!r}")
             config = TEACHERS[label][1](ckpt["config"])
         module = build_teacher(label, config)

@@ -16,6 +16,8 @@ the algorithm of every sparse conv is set from the input's device (``ConvAlgo.Na
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import spconv.pytorch as spconv
 import torch
 from spconv.core import ConvAlgo
@@ -23,11 +25,13 @@ from torch import nn
 
 from teachers.config import CenterPointConfig
 
-_BN = dict(eps=1e-3, momentum=0.01)
+
+def _bn(channels: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
 
 
 def _convmodule(conv: nn.Module, c_out: int) -> spconv.SparseSequential:
-    return spconv.SparseSequential(conv, nn.BatchNorm1d(c_out, **_BN), nn.ReLU(inplace=True))
+    return spconv.SparseSequential(conv, _bn(c_out), nn.ReLU(inplace=True))
 
 
 class SparseBasicBlock(spconv.SparseModule):
@@ -36,9 +40,9 @@ class SparseBasicBlock(spconv.SparseModule):
     def __init__(self, channels: int, indice_key: str) -> None:
         super().__init__()
         self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
-        self.bn1 = nn.BatchNorm1d(channels, **_BN)
+        self.bn1 = _bn(channels)
         self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
-        self.bn2 = nn.BatchNorm1d(channels, **_BN)
+        self.bn2 = _bn(channels)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
@@ -50,8 +54,11 @@ class SparseBasicBlock(spconv.SparseModule):
         return out
 
 
-def _pad3(p: object) -> tuple[int, int, int]:
-    return tuple(p) if isinstance(p, (tuple, list)) else (int(p),) * 3  # type: ignore[return-value]
+def _pad3(p: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(p, int):
+        return p, p, p
+    a, b, c = p
+    return int(a), int(b), int(c)
 
 
 class SparseEncoder(nn.Module):
@@ -67,7 +74,7 @@ class SparseEncoder(nn.Module):
         self.encoder_layers = spconv.SparseSequential()
         c_in = enc.base_channels
         last = len(enc.encoder_channels) - 1
-        for i, (chans, pads) in enumerate(zip(enc.encoder_channels, enc.encoder_paddings)):
+        for i, (chans, pads) in enumerate(zip(enc.encoder_channels, enc.encoder_paddings, strict=True)):
             blocks: list[nn.Module] = []
             for j, c_out in enumerate(chans):
                 if j == len(chans) - 1 and i != last:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from storage.bev_augment import BEVAugConfig
 from storage.boxes import transform_boxes
 from storage.sample import Sample
+from teachers.centerhead import CenterHeadLosses
 from teachers.input import TeacherInput
 
 
@@ -74,7 +76,7 @@ def one_cycle_lr(peak: float, fraction: float, warmup: float = 0.1) -> float:
 def augment_batch(batch: TeacherInput, augs: Sequence[np.ndarray]) -> TeacherInput:
     """Apply one ``aug_from_lidar`` per sample to points, GT boxes and ``lidar_from_cam``."""
     points, boxes = [], []
-    for p, b, a in zip(batch.points, batch.gt_boxes, augs):
+    for p, b, a in zip(batch.points, batch.gt_boxes, augs, strict=True):
         at = torch.as_tensor(a, dtype=p.dtype, device=p.device)
         q = p.clone()
         q[:, :3] = p[:, :3] @ at[:3, :3].T + at[:3, 3]
@@ -90,6 +92,13 @@ def augment_batch(batch: TeacherInput, augs: Sequence[np.ndarray]) -> TeacherInp
                         sample_tokens=batch.sample_tokens)
 
 
+@runtime_checkable
+class TrainableTeacher(Protocol):
+    """A teacher :func:`train_teacher` can train: ``loss(TeacherInput)`` (e.g. CenterPoint, the fusion teacher)."""
+
+    def loss(self, batch: TeacherInput) -> CenterHeadLosses: ...
+
+
 def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TeacherTrainConfig,
                   progress: Callable[[int, int, float], None] | None = None) -> TeacherTrainResult:
     """Train ``model`` (any module with ``loss(TeacherInput) -> losses with .total``) in place.
@@ -101,6 +110,8 @@ def train_teacher(model: nn.Module, samples: Sequence[Sample], config: TeacherTr
     Returns:
         :class:`TeacherTrainResult`. The model is left in eval mode.
     """
+    if not isinstance(model, TrainableTeacher):
+        raise TypeError(f"train_teacher: {type(model).__name__} has no loss(TeacherInput) method")
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     steps_per_epoch = max(1, math.ceil(len(samples) / config.batch_size))
@@ -150,7 +161,7 @@ def predict(model: nn.Module, samples: Sequence[Sample], batch_size: int = 4,
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         res = model(TeacherInput.from_samples(chunk, image_size=image_size))
-        for s, b, sc, lab in zip(chunk, res.boxes, res.scores, res.labels):
+        for s, b, sc, lab in zip(chunk, res.boxes, res.scores, res.labels, strict=True):
             out[s.sample_token] = (b.double().numpy(), sc.numpy(), lab.numpy())
     return out
 

@@ -5,7 +5,7 @@ mmdet3d ``HardSimpleVFE`` and ``DynamicSimpleVFE``: the feature of a voxel is th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -11,8 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 KEYFRAME_ROOT = SHARED / "data" / "nuscenes_keyframes"
 KEYFRAME_INFO = KEYFRAME_ROOT / "mmdet3d_v1.1_scene-0061_sample0.pkl"
-#: Where tests write PNG artefacts a person can look at.
-ARTEFACTS = Path(os.environ.get("BEVKD_ARTEFACTS", REPO / "artefacts"))
+#: Where tests write PNG artefacts a person can look at: ``BEVKD_ARTEFACTS=<dir>`` to keep them
+#: (e.g. ``BEVKD_ARTEFACTS=artefacts``); unset, a temporary directory of the session.
+ARTEFACTS_ENV = "BEVKD_ARTEFACTS"
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +27,14 @@ def keyframe_info() -> Path:
 
 
 @pytest.fixture(scope="session")
-def artefacts() -> Path:
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTEFACTS
+def artefacts(tmp_path_factory) -> Path:
+    """Directory for PNG artefacts: ``$BEVKD_ARTEFACTS`` if set, else a temporary one (never the repository)."""
+    chosen = os.environ.get(ARTEFACTS_ENV)
+    if not chosen:
+        return tmp_path_factory.mktemp("artefacts")
+    path = Path(chosen)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from storage.boxes import points_in_boxes
 from storage.grid import BEVGrid
 from storage.cache.row import CacheRow
 from student.augment import residual_transform, warp_bev, warp_bev_vectors, warp_boxes
-from student.losses.targets import TeacherTargets
-from teachers.center_targets import build_center_targets
+from student.losses.teacher_targets import TeacherTargets
+from teachers.center_gt import build_center_targets
 from teachers.cache_row import fg_mask_from_boxes
 
 GRID = BEVGrid(point_cloud_range=(-16.0, -16.0, -5.0, 16.0, 16.0, 3.0), voxel_size=(1.0, 1.0, 8.0))
@@ -72,7 +72,9 @@ def test_exact_augmentations_fg_mask_and_heatmap(name):
     warped_mask = warp_bev(torch.from_numpy(fg_mask_from_boxes(boxes, GRID)), a, GRID)
     assert torch.equal(warped_mask, torch.from_numpy(fg_mask_from_boxes(aug_boxes, GRID)))
     labels = np.array([0, 0, 3, 8])
-    heat = (lambda b: build_center_targets([b], [labels], GRID, [tuple(range(10))])[0].heatmap)
+    def heat(b: np.ndarray) -> torch.Tensor:
+        return build_center_targets([b], [labels], GRID, [tuple(range(10))])[0].heatmap
+
     assert torch.allclose(warp_bev(heat(boxes), a, GRID), heat(aug_boxes), atol=1e-6)
 
 
@@ -171,12 +173,14 @@ def test_consistency_figure(artefacts):
     orig = fg_mask_from_boxes(boxes, GRID)
     warped = warp_bev(torch.from_numpy(orig), a, GRID).numpy()
     direct = fg_mask_from_boxes(aug_boxes, GRID)
-    heat = (lambda b: build_center_targets([b], [np.zeros(len(b), np.int64)], GRID, [(0,)])[0].heatmap[0, 0])
+    def heat(b: np.ndarray) -> torch.Tensor:
+        return build_center_targets([b], [np.zeros(len(b), np.int64)], GRID, [(0,)])[0].heatmap[0, 0]
+
     panels = [("fg mask, original", orig), ("warped by augmentation", warped), ("from augmented boxes", direct),
               ("differences (border)", direct != warped), ("heatmap warped", warp_bev(heat(boxes), a, GRID).numpy()),
               ("heatmap from augmented boxes", heat(aug_boxes).numpy())]
     fig, axes = plt.subplots(1, 6, figsize=(18, 3.4))
-    for ax, (title, img) in zip(axes, panels):
+    for ax, (title, img) in zip(axes, panels, strict=True):
         ax.imshow(np.asarray(img, dtype=float), origin="lower", cmap="viridis")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])

@@ -50,7 +50,8 @@ def _camera() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return k[None], lidar_from_cam[None], pts
 
 
-@pytest.mark.parametrize("resize,crop,flip", [(0.5, (0.0, 0.0), False), (0.5, (8.0, 2.0), True), (1.0, (5.0, 3.0), True)])
+@pytest.mark.parametrize("resize,crop,flip",
+                         [(0.5, (0.0, 0.0), False), (0.5, (8.0, 2.0), True), (1.0, (5.0, 3.0), True)])
 def test_warped_depth_equals_depth_of_the_augmented_camera(resize, crop, flip):
     k, l2c, pts = _camera()
     out_w, out_h = 48, 20
@@ -85,4 +86,5 @@ def test_random_image_augmentation_stays_inside_the_source_image():
         assert (src[:, 0] >= -1e-6).all() and (src[:, 0] <= 1600 + 1e-6).all()
         assert (src[:, 1] >= -1e-6).all() and (src[:, 1] <= 900 + 1e-6).all()
     test_time = cfg.sample((1600, 900), (256, 704))
-    assert test_time[0, 0] > 0 and np.allclose(test_time, cfg.sample((1600, 900), (256, 704)))  # deterministic, unflipped
+    # deterministic, unflipped
+    assert test_time[0, 0] > 0 and np.allclose(test_time, cfg.sample((1600, 900), (256, 704)))

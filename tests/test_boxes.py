@@ -206,7 +206,7 @@ def test_box_corners_match_the_devkit_and_bottom_face_is_ccw():
     rng = np.random.default_rng(6)
     boxes = _random_boxes(rng, 20)
     ours = box_corners(boxes)
-    for b, c in zip(boxes, ours):
+    for b, c in zip(boxes, ours, strict=True):
         ref = Box(b[:3], b[[4, 3, 5]], Quaternion(axis=[0, 0, 1], angle=b[6])).corners().T
         np.testing.assert_allclose(np.sort(c.round(9), axis=0), np.sort(ref.round(9), axis=0), atol=1e-8)
         # devkit corner 0 is (+l/2, +w/2, +h/2): our top-face corner 4

@@ -49,10 +49,10 @@ def test_boxes_are_ragged_within_capacity():
     spec = TargetSpec(name="boxes", shape=(4, 9))
     boxes = np.arange(18, dtype=np.float32).reshape(2, 9)
     comps = encode(spec, (boxes, np.array([0.9, 0.4]), np.array([3, 7])))
-    b, s, l = decode(spec, comps)
+    b, s, lab = decode(spec, comps)
     np.testing.assert_array_equal(b, boxes)
     np.testing.assert_array_equal(s, np.float32([0.9, 0.4]))
-    assert l.dtype == np.int64 and list(l) == [3, 7]
+    assert lab.dtype == np.int64 and list(lab) == [3, 7]
     with pytest.raises(TargetValueError, match="exceed capacity"):
         encode(spec, (np.zeros((5, 9)), np.zeros(5), np.zeros(5, int)))
     b, _, _ = decode(spec, encode(spec, (np.zeros((0, 9)), np.zeros(0), np.zeros(0, int))))

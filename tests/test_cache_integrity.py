@@ -21,7 +21,8 @@ def _chunk_file_and_range(cache, target, component, row, shard_size):
     arr = reader._arrays[target][component]
     key = layout.shard_key(arr, row // shard_size)
     path = os.path.join(cache, key)
-    raw = open(path, "rb").read()
+    with open(path, "rb") as f:
+        raw = f.read()
     index = np.frombuffer(raw[-(shard_size * 16 + 4):-4], "<u8").reshape(shard_size, 2)
     off, n = index[row % shard_size]
     return path, int(off), int(n)

@@ -114,7 +114,7 @@ def test_bev_codec_options(tmp_path, codec):
     _, writer, data = make_cache(tmp_path / "c", num_samples=3, codecs={"bev_features": codec})
     write(writer, data)
     reader = CacheReader(tmp_path / "c")
-    for (token, view), want in data.items():
+    for (token, _view), want in data.items():
         got = reader.read(token).bev_features["lidar_bev"]
         x = want.bev_features["lidar_bev"]
         if codec.kind == "float32":

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from storage.cache import CacheReader, CacheSchema, CacheWriter, DatasetInfo, RowResult
+from storage.cache import CacheReader, CacheSchema, CacheWriter, RowResult
 from storage.cache.verify import verify_cache
 from storage.errors import CacheMismatchError
 from storage.grid import BEVGrid
@@ -35,7 +35,7 @@ def test_two_processes_write_distinct_shards_of_one_cache(tmp_path):
     assert writer.committed_shards() == [0, 1, 2, 3] and writer.pending_shards() == []
     reader = CacheReader(cache)
     assert len(reader) == 12
-    for (token, view), want in data.items():
+    for (token, _view), want in data.items():
         np.testing.assert_array_equal(reader.read(token).boxes, want.boxes)
     assert verify_cache(cache).ok
 
@@ -57,7 +57,7 @@ def test_resume_replace_and_row_checks(tmp_path):
     token = writer.shard_rows(1)[0][0]
     early = CacheReader(cache)
     np.testing.assert_array_equal(early.read(token).boxes, data[token, 0].boxes)
-    other = {k: data[k2] for k, k2 in zip(data, reversed(list(data)))}
+    other = {k: data[k2] for k, k2 in zip(data, reversed(list(data)), strict=True)}
     writer.write_shard(1, [RowResult(sample_token=t, targets=other[t, v]) for t, v in writer.shard_rows(1)],
                        replace=True)
     early.refresh()

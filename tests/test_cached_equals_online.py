@@ -24,7 +24,7 @@ from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, StudentDataset
 from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherTargets
 from student.model import StudentModel
-from student.targets_batch import live_teacher_targets, packed_to_teacher_targets, spec_from_schema, warp_bev_targets
+from student.packed_targets import live_teacher_targets, packed_to_teacher_targets, spec_from_schema, warp_bev_targets
 from storage.cache import CacheReader
 
 CFG = StudentConfig.tiny(simdistill=True)

@@ -192,3 +192,10 @@ def test_storage_grid_does_not_import_torch():
     code = "import sys, storage.grid, storage.bev_augment; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_z_centers_are_the_middles_of_the_z_voxels():
+    grid = BEVGrid(point_cloud_range=(-4.0, -4.0, -5.0, 4.0, 4.0, 3.0), voxel_size=(1.0, 1.0, 2.0))
+    z = grid.z_centers()
+    assert z.dtype == np.float64 and z.shape == (grid.grid_size[2],)
+    np.testing.assert_allclose(z, [-4.0, -2.0, 0.0, 2.0])

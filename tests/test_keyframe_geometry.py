@@ -104,7 +104,7 @@ def test_projected_boxes_agree_with_mmdet3d_cam_instances(sample, cam_instances)
     assert len(set(matched)) == len(matched)  # one box per instance
     # 2D boxes of our corners vs mmdet3d's: equal up to the ~2 deg ego tilt our yaw-only boxes drop
     errors = []
-    for j, b in zip(np.flatnonzero(visible), matched):
+    for j, b in zip(np.flatnonzero(visible), matched, strict=True):
         ours = _box_2d(box_corners(sample.gt_boxes[b:b + 1])[0], cam)
         if ours is not None:
             errors.append(np.abs(ours - np.asarray(inst[j]["bbox"])).max())

@@ -15,7 +15,8 @@ from storage.mmdet3d_reader import Mmdet3dInfoReader
 def test_real_keyframe_cache_train_show(tmp_path, keyframe_info, artefacts, capsys):
     cache, run = tmp_path / "cache", tmp_path / "student"
     data = ["--info", str(keyframe_info)]
-    assert main(["cache", *data, "--checkpoint", str(DEFAULT_TEACHER), "--no-ray", "--no-progress", "--out", str(cache)]) == 0
+    assert main(["cache", *data, "--checkpoint", str(DEFAULT_TEACHER), "--no-ray", "--no-progress",
+                 "--out", str(cache)]) == 0
     assert main(["verify", str(cache)]) == 0
 
     reader = CacheReader(cache)

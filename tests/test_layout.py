@@ -51,7 +51,8 @@ def test_heavy_dependencies_stay_at_the_edges():
 
 
 def test_import_storage_is_light():
-    code = "import sys, storage; print(','.join(m for m in ('torch','ray','nuscenes','spconv','matplotlib') if m in sys.modules))"
+    code = ("import sys, storage; "
+            "print(','.join(m for m in ('torch','ray','nuscenes','spconv','matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "", f"import storage pulled in: {out.stdout}"
 

@@ -9,7 +9,7 @@ import torch
 
 from storage.grid import DEMO_GRID
 from student.config import StudentConfig
-from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherSpec, TeacherTargets
+from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherShapes, TeacherTargets
 from student.model import StudentBatch, StudentModel
 from teachers.output import TeacherOutput
 
@@ -56,7 +56,7 @@ def _setup(teacher_stride: int = 8):
     model = StudentModel(cfg)
     tgrid = DEMO_GRID.with_stride(teacher_stride)
     out, extra = _teacher(tgrid, cfg.depth.num_depth_bins, cfg.feature_size)
-    spec = TeacherSpec(bev_grid=tgrid, bev_channels=CHANNELS, instance_channels=24)
+    spec = TeacherShapes(bev_grid=tgrid, bev_channels=CHANNELS, instance_channels=24)
     loss = DistillationLoss.for_student(DistillationConfig(weights=ALL,
                                                            soft_mask_boxes="teacher"), model, spec)
     return cfg, model, loss, out, extra
@@ -122,11 +122,11 @@ def test_missing_inputs_are_named():
     no_masks = TeacherTargets.from_teacher_output(out, lidar_depth=extra["lidar_depth"])
     with pytest.raises(ValueError, match="targets.fg_mask"):
         loss(s, no_masks, gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels)
-    with pytest.raises(ValueError, match="need a TeacherSpec"):
+    with pytest.raises(ValueError, match="need a TeacherShapes"):
         DistillationLoss.for_student(DistillationConfig(weights=ALL), model, None)
     with pytest.raises(ValueError, match="no BEV map 'lidar_bev'"):
         DistillationLoss.for_student(DistillationConfig(weights=ALL), model,
-                                     TeacherSpec(bev_grid=out.bev_grid, bev_channels={"neck": 24, "camera_bev": 12,
+                                     TeacherShapes(bev_grid=out.bev_grid, bev_channels={"neck": 24, "camera_bev": 12,
                                                                                        "fused_bev": 24},
                                                  instance_channels=24))
 
@@ -156,8 +156,8 @@ def test_teacher_pseudo_labels_replace_ground_truth():
     assert a.as_floats() == b.as_floats()
 
 
-def loss_spec(out: TeacherOutput) -> TeacherSpec:
-    return TeacherSpec(bev_grid=out.bev_grid, bev_channels=CHANNELS, instance_channels=24)
+def loss_spec(out: TeacherOutput) -> TeacherShapes:
+    return TeacherShapes(bev_grid=out.bev_grid, bev_channels=CHANNELS, instance_channels=24)
 
 
 def test_depth_bins_come_from_the_student_and_a_mismatch_raises():

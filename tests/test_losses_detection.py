@@ -15,7 +15,9 @@ GRID = BEVGrid(point_cloud_range=(0.0, 0.0, -1.0, 8.0, 8.0, 1.0), voxel_size=(1.
 
 
 def _zero_output() -> CenterHeadOutput:
-    z = (lambda c: torch.zeros(1, c, 8, 8))
+    def z(c: int) -> torch.Tensor:
+        return torch.zeros(1, c, 8, 8)
+
     return CenterHeadOutput(classes=(0,), heatmap=z(1), reg=z(2), height=z(1), dim=z(3), rot=z(2), vel=z(2))
 
 

@@ -32,7 +32,9 @@ def _identity_discriminator() -> nn.Conv2d:
 
 
 def test_adversarial_loss_value_and_reversed_gradient():
-    softplus = (lambda x: math.log1p(math.exp(x)))
+    def softplus(x: float) -> float:
+        return math.log1p(math.exp(x))
+
     teacher = torch.tensor([[[[2.0, -1.0]], [[0.0, 0.0]]]])  # (1, 2, 1, 2), logits 2, -1
     student = torch.tensor([[[[0.5, 1.5]], [[0.0, 0.0]]]], requires_grad=True)
     mod = AdversarialDistillation(_identity_discriminator(), grl_scale=0.5)
@@ -40,7 +42,9 @@ def test_adversarial_loss_value_and_reversed_gradient():
     expected = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.5) + softplus(1.5)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
-    sig = (lambda x: 1 / (1 + math.exp(-x)))
+    def sig(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
     # d/ds of mean softplus(s) = sigmoid(s)/2; reversed and scaled by 0.5
     assert student.grad[0, 0, 0].tolist() == pytest.approx([-0.5 * sig(0.5) / 2, -0.5 * sig(1.5) / 2])
     # the discriminator itself descends normally: d/dbias = mean(sig(t)-1) + mean(sig(s))

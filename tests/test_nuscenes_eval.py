@@ -86,3 +86,32 @@ def test_every_sample_needs_predictions(reader, gt, tmp_path):
     partial = dict(list(gt.items())[:-1])
     with pytest.raises(ValueError, match="miss 1 of 6 samples"):
         _evaluate(reader, partial, tmp_path)
+
+
+def test_distance_bands_split_the_ground_truth_by_ego_distance(reader, gt, tmp_path):
+    """GT as predictions: every band with ground truth scores 1; dropping the near predictions
+    zeroes the near band and leaves the far band at 1 (the bands really filter by distance)."""
+    m = evaluate_detections(dataroot=reader.dataroot, version="v1.0-mini", split="mini_val", predictions=gt,
+                            output_dir=tmp_path / "all", reader=reader, distance_bands=(15.0,))
+    assert list(m.band_ap) == ["0-15m", "15m+"]
+    assert all(v == pytest.approx(1.0, abs=1e-6) for v in m.band_ap.values())
+    def far(d: Detections):
+        return np.hypot(d.boxes[:, 0], d.boxes[:, 1]) > 15.0  # lidar-frame distance; the bands use ego distance
+    far_only = {t: Detections(boxes=d.boxes[far(d)], scores=d.scores[far(d)], labels=d.labels[far(d)])
+                for t, d in gt.items()}
+    cut = evaluate_detections(dataroot=reader.dataroot, version="v1.0-mini", split="mini_val", predictions=far_only,
+                              output_dir=tmp_path / "far", reader=reader, distance_bands=(15.0,))
+    assert cut.band_ap["0-15m"] < 0.1
+    # boxes near the 15 m edge can change sides between lidar and ego distance: most of the far band survives
+    assert cut.band_ap["15m+"] > 0.5
+    assert json.loads((tmp_path / "far" / "band_ap.json").read_text()) == pytest.approx(cut.band_ap)
+
+
+def test_submission_declares_the_sensor_modality(reader, gt, tmp_path):
+    from storage.nuscenes_eval import results_json
+
+    meta = results_json(reader, gt, modality="camera")["meta"]
+    assert meta["use_camera"] and not meta["use_lidar"]
+    assert results_json(reader, gt)["meta"]["use_lidar"]
+    with pytest.raises(ValueError, match="modality"):
+        results_json(reader, gt, modality="radar")

@@ -53,7 +53,7 @@ def test_boxes_agree_with_devkit_sensor_frame(reader):
     s = reader.read(1)
     _, dev_boxes, _ = nusc.get_sample_data(nusc.get("sample", s.sample_token)["data"]["LIDAR_TOP"])
     assert len(dev_boxes) == len(s.gt_boxes)
-    for box, ours, label in zip(dev_boxes, s.gt_boxes, s.gt_labels):
+    for box, ours, label in zip(dev_boxes, s.gt_boxes, s.gt_labels, strict=True):
         assert np.allclose(box.center, ours[:3], atol=1e-9)
         assert np.allclose(box.wlh, ours[[4, 3, 5]], atol=1e-9)
         heading = box.orientation.rotation_matrix[:, 0]
@@ -74,7 +74,7 @@ def test_camera_geometry_puts_boxes_on_their_pixels(reader, artefacts):
     for cam in s.cameras:
         image = cam.load_image(s.sample_token).astype(np.float64)
         assert image.shape == (cam.image_size[1], cam.image_size[0], 3)
-        for box, label in zip(s.gt_boxes, s.gt_labels):
+        for box, label in zip(s.gt_boxes, s.gt_labels, strict=True):
             pts = s.points[points_in_boxes(s.points, box[None])[:, 0]]
             proj = project_points(pts, cam)
             if len(proj.index) < 30 or NUSCENES_CLASSES[label] == "barrier":
@@ -115,7 +115,7 @@ def test_sweeps_land_in_the_keyframe_frame(synth_dataroot, reader):
         sd = nusc.get("sample_data", sd["prev"])
         raw = np.fromfile(nusc.get_sample_data_path(sd["token"]), dtype=np.float32).reshape(-1, 5)
         _, dev_boxes, _ = nusc.get_sample_data(sd["token"])
-        ann_static = [b for b, st in zip(dev_boxes, static) if st]
+        ann_static = [b for b, st in zip(dev_boxes, static, strict=True) if st]
         raw_count = sum(int(np.sum(_in_devkit_box(raw, b))) for b in ann_static)
         ours = s.points[np.isclose(s.points[:, 4], lag)]
         assert raw_count > 50

@@ -16,7 +16,7 @@ from storage.bev_augment import BEVAugConfig, bev_augmentation_matrix
 from student.augment import warp_depth
 from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, ImageAugConfig, StudentDataset, open_cache
-from student.targets_batch import align_targets, packed_to_teacher_targets, unpack_targets
+from student.packed_targets import align_targets, packed_to_teacher_targets, unpack_targets
 from teachers.cache_row import fg_mask_from_boxes, lidar_depth_maps
 
 CFG = StudentConfig.tiny()
@@ -50,7 +50,8 @@ def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, 
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 6, 3, *CFG.image_hw)
     neck = batch.targets.dense["bev_features/neck"]
     assert isinstance(neck, QuantizedArray) and neck.data.dtype == torch.uint8 and neck.power == 2
-    float_bytes = sum((v.data if isinstance(v, QuantizedArray) else v).numel() * 4 for v in batch.targets.dense.values())
+    float_bytes = sum((v.data if isinstance(v, QuantizedArray) else v).numel() * 4
+                      for v in batch.targets.dense.values())
     print(f"targets shipped: {batch.targets.nbytes()} B vs {float_bytes} B as float32")
     assert batch.targets.nbytes() < 0.4 * float_bytes
     same = collate([ds[0], ds[1]])  # workers and the main process produce the same bytes
@@ -68,8 +69,8 @@ def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, 
 
 
 def test_bev_augmentation_moves_masks_boxes_and_maps_with_the_student(reader, cache):
-    ds = StudentDataset(reader, CFG, DataConfig(bev_aug=BEVAugConfig(rotation_range=(0.5, 0.5), scale_range=(1.04, 1.04),
-                                                                     flip_prob=1.0), image_aug=None),
+    bev_aug = BEVAugConfig(rotation_range=(0.5, 0.5), scale_range=(1.04, 1.04), flip_prob=1.0)
+    ds = StudentDataset(reader, CFG, DataConfig(bev_aug=bev_aug, image_aug=None),
                         cache=cache, train=True, seed=3)
     item = ds[0]
     a = bev_augmentation_matrix(rotation=0.5, scale=1.04, flip_x=True, flip_y=True)
@@ -182,5 +183,6 @@ def test_real_keyframe_augmented_cameras_and_depth_overlay(keyframe_info, artefa
         d = float(depth[0, r, c])
         color = (int(255 * min(d / 40, 1)), int(255 * (1 - min(d / 40, 1))), 0)
         draw.ellipse([c * 8 + 2, r * 8 + 2, c * 8 + 6, r * 8 + 6], fill=color)
-    img.save(artefacts / "student_loader_cam_front_depth.png")
-    print(f"CAM_FRONT: {len(rows)} depth cells on the augmented image -> {artefacts / 'student_loader_cam_front_depth.png'}")
+    png = artefacts / "student_loader_cam_front_depth.png"
+    img.save(png)
+    print(f"CAM_FRONT: {len(rows)} depth cells on the augmented image -> {png}")

@@ -14,7 +14,7 @@ from storage.grid import BEVGrid
 from storage.bev_augment import bev_augmentation_matrix
 from student.augment import image_augmentation_matrix
 from student.config import StudentConfig
-from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherSpec, TeacherTargets
+from student.losses import DistillationConfig, DistillationLoss, LossWeights, TeacherShapes, TeacherTargets
 from student.model import StudentBatch, StudentModel
 from teachers.lss import frustum_points, voxel_pool
 from teachers.cache_row import lidar_depth_maps
@@ -37,7 +37,8 @@ def ring_rig(b: int, k_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
 def tiny_batch(b: int = 2, seed: int = 0) -> StudentBatch:
     g = torch.Generator().manual_seed(seed)
     k, lfc = ring_rig(b)
-    boxes = [torch.tensor([[12.0, 3.0, 0.0, 4.5, 1.9, 1.6, 0.2, 1.0, 0.0], [-20.0, 15.0, 0.0, 4.0, 1.8, 1.5, 1.0, 0, 0]]),
+    boxes = [torch.tensor([[12.0, 3.0, 0.0, 4.5, 1.9, 1.6, 0.2, 1.0, 0.0],
+                           [-20.0, 15.0, 0.0, 4.0, 1.8, 1.5, 1.0, 0, 0]]),
              torch.tensor([[5.0, -18.0, 0.0, 10.0, 2.8, 3.0, -0.5, 0.0, 0.0]])][:b]
     labels = [torch.tensor([0, 0]), torch.tensor([3])][:b]
     return StudentBatch(images=torch.randn(b, 6, 3, 64, 176, generator=g), cam_intrinsic=k, lidar_from_cam=lfc,
@@ -141,12 +142,13 @@ def _lidar_depth(batch: StudentBatch, stride: int = 16) -> torch.Tensor:
     return torch.from_numpy(np.stack(maps))
 
 
+@pytest.mark.slow
 def test_overfit_a_fixed_batch():
     torch.manual_seed(0)
     cfg = StudentConfig.tiny()
     model = StudentModel(cfg)
     batch = tiny_batch()
-    spec = TeacherSpec(bev_grid=cfg.bev_grid, bev_channels={"neck": 24})
+    spec = TeacherShapes(bev_grid=cfg.bev_grid, bev_channels={"neck": 24})
     targets = TeacherTargets(bev_grid=cfg.bev_grid, bev_features={"neck": torch.randn(2, 24, 32, 32)},
                              heatmap=torch.rand(2, 10, 32, 32) * 0.2, lidar_depth=_lidar_depth(batch))
     weights = LossWeights(detection=1.0, depth_bce=3.0, dense_feature=1.0, heatmap=1.0)

@@ -64,9 +64,10 @@ def test_sizes_motion_and_attributes_are_realistic(nusc):
     moving = {name: [] for name in NUSCENES_CLASSES}
     for ann in nusc.sample_annotation:
         name = category_to_detection_name(ann["category_name"])
-        w, l, h = ann["size"]
+        w, length, h = ann["size"]
         ref_l, ref_w, ref_h = CLASS_SPECS[name].lwh
-        assert abs(l / ref_l - 1) <= 0.1 + 1e-9 and abs(w / ref_w - 1) <= 0.1 + 1e-9 and abs(h / ref_h - 1) <= 0.1 + 1e-9
+        for size, ref in ((length, ref_l), (w, ref_w), (h, ref_h)):
+            assert abs(size / ref - 1) <= 0.1 + 1e-9
         speed = float(np.linalg.norm(nusc.box_velocity(ann["token"])[:2]))
         attrs = [nusc.get("attribute", a)["name"] for a in ann["attribute_tokens"]]
         moving[name].append(speed)
@@ -74,7 +75,8 @@ def test_sizes_motion_and_attributes_are_realistic(nusc):
             assert speed == 0.0 and attrs == []
         else:
             assert len(attrs) == 1
-            assert (attrs[0] in ("vehicle.moving", "cycle.with_rider", "pedestrian.moving")) == (speed > 0.1), (name, attrs)
+            moving_attr = attrs[0] in ("vehicle.moving", "cycle.with_rider", "pedestrian.moving")
+            assert moving_attr == (speed > 0.1), (name, attrs)
     assert max(moving["car"] + moving["bus"] + moving["truck"]) > 2.0  # some traffic moves
     assert max(moving["pedestrian"]) < 2.0
 

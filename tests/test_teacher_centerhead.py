@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from storage.grid import BEVGrid
@@ -35,7 +36,7 @@ def test_targets_peak_at_centre_cells_with_regression_values():
     boxes, labels = _boxes()
     targets = build_center_targets([boxes], [labels], OUT, NUSCENES_TASKS)
     by_class = {c: (t, k) for t, tc in enumerate(NUSCENES_TASKS) for k, c in enumerate(tc)}
-    for box, label in zip(boxes, labels):
+    for box, label in zip(boxes, labels, strict=True):
         t, k = by_class[int(label)]
         tg = targets[t]
         col, row = math.floor(box[0] - OUT.point_cloud_range[0]), math.floor(box[1] - OUT.point_cloud_range[1])
@@ -105,6 +106,7 @@ def test_circle_nms_suppresses_only_near_duplicates():
     assert keep.tolist() == [1, 2, 0]
 
 
+@pytest.mark.slow
 def test_head_learns_one_scene():
     torch.manual_seed(0)
     boxes, labels = _boxes()

@@ -144,7 +144,8 @@ def reference_forward(sd: dict, feats, coords, sparse_shape, batch_size):
     neck = torch.cat([F.relu(_bnf(up0, sd, "pts_neck.deblocks.0.1", 1e-3)),
                       F.relu(_bnf(up1, sd, "pts_neck.deblocks.1.1", 1e-3))], 1)
     hp = "pts_bbox_head"
-    shared = F.relu(_bnf(F.conv2d(neck, sd[f"{hp}.shared_conv.conv.weight"], padding=1), sd, f"{hp}.shared_conv.bn", 1e-5))
+    shared_conv = F.conv2d(neck, sd[f"{hp}.shared_conv.conv.weight"], padding=1)
+    shared = F.relu(_bnf(shared_conv, sd, f"{hp}.shared_conv.bn", 1e-5))
     heads = []
     for t in range(len(TASKS)):
         out = {}
@@ -176,7 +177,7 @@ def test_converted_checkpoint_matches_native_model():
     assert float(bev.abs().max()) > 0
     torch.testing.assert_close(ours.lidar_bev, bev, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.neck, neck, rtol=1e-4, atol=1e-4)
-    for o, r in zip(ours.head, heads):
+    for o, r in zip(ours.head, heads, strict=True):
         for name in ("heatmap", "reg", "height", "dim", "rot", "vel"):
             torch.testing.assert_close(getattr(o, name), r[name], rtol=1e-4, atol=2e-4)
 

@@ -44,7 +44,7 @@ def test_learning_rate_warms_up_then_decays():
     peak = int(np.argmax(lrs))
     assert 5 <= peak <= 15 and lrs[peak] == pytest.approx(1.0, abs=1e-3)
     assert lrs[0] < 0.2 and lrs[-1] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,8 @@ def _log(path: Path) -> list[dict]:
 
 def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, cache, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--cache", str(cache), "--out", str(out),
-               "--steps", "2", "--batch-size", "2", "--student", "tiny", "--workers", "1"])
+    rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--cache", str(cache),
+               "--out", str(out), "--steps", "2", "--batch-size", "2", "--student", "tiny", "--workers", "1"])
     text = capsys.readouterr().out
     assert rc == 0, text
     log = _log(out / "train_log.jsonl")
@@ -83,7 +83,8 @@ def test_resume_continues_bit_for_bit(reader, cache, tmp_path):
     assert first.steps == 2
     resumed = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "b"), resume=True), reader, cache)
     a, b = _log(straight.loss_log), _log(resumed.loss_log)
-    assert [r["step"] for r in b] == [1, 2, 3, 4] and a[1]["epoch"] == 0 and a[3]["epoch"] == 1  # 6 samples: 3 steps/epoch
+    # 6 samples: 3 steps/epoch
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and a[1]["epoch"] == 0 and a[3]["epoch"] == 1
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
     assert [r["total"] for r in a] == [r["total"] for r in b]
     sa = torch.load(straight.checkpoint, weights_only=False)["model"]
@@ -108,9 +109,9 @@ def test_ddp_two_cpu_processes_over_gloo_read_their_own_rows_and_agree(synth_dat
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-           "-m", "pipeline.cli", "train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--cache", str(cache),
-           "--out", str(out), "--steps", "2", "--batch-size", "1", "--student", "tiny", "--workers", "0",
-           "--device", "cpu", "--no-eval"]
+           "-m", "pipeline.cli", "train", "--dataroot", str(synth_dataroot), "--split", "mini_val",
+           "--cache", str(cache), "--out", str(out), "--steps", "2", "--batch-size", "1", "--student", "tiny",
+           "--workers", "0", "--device", "cpu", "--no-eval"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = _log(out / "train_log.jsonl"), _log(out / "train_log.rank1.jsonl")

@@ -10,6 +10,9 @@ Fragment columns (one row per cache row of the shard):
   ``timestamp_us`` int64, ``view`` int32,
 * ``view_matrix`` ``fixed_size_list<float64>[16]``: the row's 4x4 BEV augmentation, row-major,
 * ``status`` string (``ok`` / ``failed``), ``error`` string (null when ok),
+* ``labelled`` bool: the row's sample is annotated (False: an unlabelled frame, e.g. a nuScenes
+  non-keyframe sweep, trained on by distillation only). Missing in fragments written before the
+  column existed; readers take those rows as labelled.
 * per target ``<name>``: ``crc32c:<name>`` uint32, the crc32c of the row's stored,
   uncompressed component bytes (components in :func:`storage.cache.codecs.components` order,
   C order) — independent of the compressor, so it checks what the reader gets after
@@ -57,6 +60,7 @@ class ManifestRow:
         error: failure reason, or None.
         crc32c: target name -> checksum (empty when failed).
         nbytes: target name -> compressed bytes (empty when failed).
+        labelled: the sample is annotated (:attr:`storage.sample.Sample.labelled`).
     """
 
     sample_token: str
@@ -70,6 +74,7 @@ class ManifestRow:
     error: str | None
     crc32c: dict[str, int]
     nbytes: dict[str, int]
+    labelled: bool = True
 
 
 def fragment_table(rows: list[ManifestRow], target_names: list[str]) -> pa.Table:
@@ -86,6 +91,7 @@ def fragment_table(rows: list[ManifestRow], target_names: list[str]) -> pa.Table
                                                      for r in rows]), pa.float64()), 16),
         "status": pa.array([r.status for r in rows], pa.string()),
         "error": pa.array([r.error for r in rows], pa.string()),
+        "labelled": pa.array([r.labelled for r in rows], pa.bool_()),
     }
     for name in target_names:
         cols[f"crc32c:{name}"] = pa.array([r.crc32c.get(name) for r in rows], pa.uint32())

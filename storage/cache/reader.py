@@ -3,7 +3,8 @@
 Only rows of committed shards (those with a manifest fragment) are visible. Every read is
 checked twice: each chunk's Zstd content checksum (or crc32c when uncompressed) and the shard
 index crc32c (:mod:`storage.cache.chunks`), and the crc32c of the decompressed bytes against
-the manifest's (a missing or stale shard fails here). Any failure raises :class:`storage.errors.CacheCorruptError` naming the sample,
+the manifest's (a missing or stale shard fails here). Any failure raises
+:class:`storage.errors.CacheCorruptError` naming the sample,
 the target and the key.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
+from storage.arrays import AnyDtypeArray, Int64Array
 from storage.cache import layout, manifest, stores
 from storage.cache.chunks import ChunkError, ChunkFetcher, ChunkRequest
 from storage.cache.codecs import component_codec, decode
@@ -89,8 +91,16 @@ class CacheReader:
         self._meta_cols = {c: self.rows.column(c).to_pylist() for c in ("sample_token", "view", "status", "error")}
         self._crc = {t.name: self.rows.column(f"crc32c:{t.name}").to_pylist() for t in self.schema.targets}
         ok = np.asarray(self._meta_cols["status"], dtype=object) == manifest.STATUS_OK
-        self.ok_rows: np.ndarray = row[ok].astype(np.int64)
+        self.ok_rows: Int64Array = row[ok].astype(np.int64)
         """Global row indices of the committed rows with status ok, ascending."""
+        labelled = (self.rows.column("labelled").to_pylist() if "labelled" in self.rows.column_names
+                    else [True] * len(row))
+        self._unlabelled = {int(r) for r, lab in zip(row, labelled, strict=True) if lab is False}
+
+    def is_labelled(self, row: int) -> bool:
+        """Whether global row ``row``'s sample is annotated (manifest ``labelled``; True for rows
+        of fragments written before that column existed)."""
+        return int(row) not in self._unlabelled
 
     def __len__(self) -> int:
         """Number of committed rows with status ok."""
@@ -105,16 +115,17 @@ class CacheReader:
         if sample_token not in self._sample_index:
             raise KeyError(f"cache {self.location}: sample {sample_token} is not in this cache")
         if not 0 <= view < self.schema.views:
-            raise KeyError(f"cache {self.location}: sample {sample_token}: view {view} outside [0, {self.schema.views})")
+            raise KeyError(f"cache {self.location}: sample {sample_token}: view {view} "
+                           f"outside [0, {self.schema.views})")
         return self._sample_index[sample_token] * self.schema.views + view
 
-    def stored_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    def stored_layout(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
         """Per-row shape and dtype of target ``name``'s stored data (what ``read(into=...)`` fills)."""
         arr = self._arrays[name]["data"]
         return tuple(arr.shape[1:]), np.dtype(arr.dtype)
 
     def read(self, row_or_token: int | str, view: int = 0, *, decode: bool = True,
-             into: dict[str, np.ndarray] | None = None) -> CacheRow:
+             into: dict[str, AnyDtypeArray] | None = None) -> CacheRow:
         """Read one row.
 
         Args:
@@ -157,7 +168,7 @@ class CacheReader:
         return meta
 
     def _read_targets(self, r: int, meta: dict[str, Any], dequantize_values: bool,
-                      into: dict[str, np.ndarray]) -> dict[str, Any]:
+                      into: dict[str, AnyDtypeArray]) -> dict[str, Any]:
         """name -> decoded value of every selected target of row ``r`` (one batched fetch)."""
         shard, local = divmod(r, self.schema.shard_size)
         where = [(name, comp, arr) for name in self.target_names for comp, arr in self._arrays[name].items()]
@@ -165,7 +176,7 @@ class CacheReader:
                                                 dtype=str(arr.dtype), zstd=self._zstd[name, comp],
                                                 out=into.get(name) if comp == "data" else None)
                                    for name, comp, arr in where])
-        comps: dict[str, dict[str, np.ndarray]] = {name: {} for name in self.target_names}
+        comps: dict[str, dict[str, AnyDtypeArray]] = {name: {} for name in self.target_names}
         for (name, comp, arr), value in zip(where, got, strict=True):
             if isinstance(value, ChunkError):
                 raise self._corrupt(meta, name, arr, r, f"component {comp}: {value}")
@@ -181,7 +192,8 @@ class CacheReader:
             out[name] = decode(self.schema.target(name), comps[name], dequantize_values=dequantize_values)
         return out
 
-    def _corrupt(self, meta: dict[str, Any], name: str, arr: zarr.Array, r: int, problem: str) -> CacheCorruptError:
+    def _corrupt(self, meta: dict[str, Any], name: str, arr: zarr.Array[Any], r: int,
+                 problem: str) -> CacheCorruptError:
         key = layout.shard_key(arr, r // self.schema.shard_size)
         return CacheCorruptError(meta["sample_token"], name, stores.key_location(self.store, key),
                                  f"view {meta['view']} (row {r}): {problem}")

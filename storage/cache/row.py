@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.arrays import AnyDtypeArray, Float64Array
 from storage.cache.codecs import TargetValueError
 from storage.cache.schema import BEV_PREFIX, TARGET_FIELDS, target_field
 
@@ -45,15 +46,15 @@ class CacheRow:
 
     bev_features: dict[str, Any] = field(default_factory=dict)
     heatmap: Any = None
-    boxes: np.ndarray | None = None
-    scores: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    instance_features: np.ndarray | None = None
-    lidar_depth: np.ndarray | None = None
+    boxes: AnyDtypeArray | None = None
+    scores: AnyDtypeArray | None = None
+    labels: AnyDtypeArray | None = None
+    instance_features: AnyDtypeArray | None = None
+    lidar_depth: AnyDtypeArray | None = None
     depth_probs: Any = None
-    fg_mask: np.ndarray | None = None
-    view_mask: np.ndarray | None = None
-    view_matrix: np.ndarray = field(default_factory=lambda: np.eye(4))
+    fg_mask: AnyDtypeArray | None = None
+    view_mask: AnyDtypeArray | None = None
+    view_matrix: Float64Array = field(default_factory=lambda: np.eye(4))
     sample_token: str = ""
     row: int = -1
     view: int = 0

@@ -110,6 +110,8 @@ class TargetField:
         warp: one of :data:`WARP_RULES`.
         attrs: the :class:`storage.cache.row.CacheRow` attributes holding the value, in the order
             of the value's tuple (``boxes``: boxes, scores, labels); empty: the attribute ``name``.
+        attr_dtypes: logical dtype of each of ``attrs`` (``boxes``: float32, float32, int64);
+            empty: ``dtype`` for every attribute.
     """
 
     name: str
@@ -120,6 +122,7 @@ class TargetField:
     frame: str
     warp: str
     attrs: tuple[str, ...] = ()
+    attr_dtypes: tuple[str, ...] = ()
 
     @property
     def ragged(self) -> bool:
@@ -136,6 +139,11 @@ class TargetField:
         """The :class:`~storage.cache.row.CacheRow` attributes of this target."""
         return self.attrs or (self.name,)
 
+    @property
+    def row_dtypes(self) -> tuple[str, ...]:
+        """The logical dtype of each of :attr:`row_attrs`, in the same order."""
+        return self.attr_dtypes or (self.dtype,) * len(self.row_attrs)
+
 
 _U8 = ("quant_u8", "sqrt_u8")
 
@@ -150,7 +158,7 @@ TARGET_FIELDS: tuple[TargetField, ...] = (
                 frame="bev", warp="bilinear"),
     TargetField(name="boxes", shape=("M", "9"), dtype="float32", codecs=("float32",),
                 default_codec=Codec(kind="float32", zstd_level=1), frame="bev", warp="boxes",
-                attrs=("boxes", "scores", "labels")),
+                attrs=("boxes", "scores", "labels"), attr_dtypes=("float32", "float32", "int64")),
     TargetField(name="instance_features", shape=("M", "C"), dtype="float32", codecs=("float16", "float32"),
                 default_codec=Codec(kind="float16", zstd_level=1), frame="bev", warp="with_boxes"),
     TargetField(name="lidar_depth", shape=("6", "h", "w"), dtype="float32", codecs=("float16", "float32"),

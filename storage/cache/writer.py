@@ -27,6 +27,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
+from storage.arrays import AnyDtypeArray, Int64Array
 from storage.cache import layout, manifest, stores
 from storage.cache._zarr_private import sync
 from storage.cache.codecs import components, encode
@@ -48,15 +49,17 @@ class RowResult:
             ``targets.view_matrix`` (identity by default).
         targets: the row's targets, or ``None`` for a failed row.
         error: why the row failed (required when ``targets`` is None).
+        labelled: the sample is annotated (False: an unlabelled frame; recorded in the manifest).
     """
 
     sample_token: str
     view: int = 0
     scene: str = ""
     timestamp_us: int = 0
-    view_matrix: np.ndarray | None = None
+    view_matrix: AnyDtypeArray | None = None
     targets: CacheRow | None = None
     error: str | None = None
+    labelled: bool = True
 
     def __post_init__(self) -> None:
         if (self.targets is None) == (self.error is None):
@@ -81,7 +84,7 @@ class ShardReport:
     write_s: float = 0.0
 
 
-def row_checksum(comps: dict[str, np.ndarray]) -> int:
+def row_checksum(comps: dict[str, AnyDtypeArray]) -> int:
     """crc32c of the stored, uncompressed component bytes (component order, C order)."""
     crc = 0
     for arr in comps.values():
@@ -204,12 +207,12 @@ class CacheWriter:
         report.encode_s, report.write_s = encode_s, time.perf_counter() - t0
         return report
 
-    def _write_blocks(self, shard_index: int, expected: range, blocks: dict[str, dict[str, np.ndarray]]
-                      ) -> dict[tuple[str, str], np.ndarray]:
+    def _write_blocks(self, shard_index: int, expected: range, blocks: dict[str, dict[str, AnyDtypeArray]]
+                      ) -> dict[tuple[str, str], Int64Array]:
         """Store every component's shard; returns the per-chunk compressed sizes of the shards
         encoded here (:func:`layout.encode_shard`, one put each); the others go through Zarr."""
         puts: dict[str, bytes] = {}
-        sizes: dict[tuple[str, str], np.ndarray] = {}
+        sizes: dict[tuple[str, str], Int64Array] = {}
         for name, comps in blocks.items():
             for comp, block in comps.items():
                 array, encoding = self._arrays[name][comp], self._encodings[name][comp]
@@ -220,7 +223,7 @@ class CacheWriter:
         stores.put_many(self.store, puts)
         return sizes
 
-    def _empty_blocks(self, n: int) -> dict[str, dict[str, np.ndarray]]:
+    def _empty_blocks(self, n: int) -> dict[str, dict[str, AnyDtypeArray]]:
         return {spec.name: {c: np.zeros((n, *shape), dtype) for c, (shape, dtype) in components(spec).items()}
                 for spec in self.schema.targets}
 
@@ -235,7 +238,7 @@ class CacheWriter:
         return r
 
     def _encode_row(self, result: RowResult, r: int, shard_index: int,
-                    blocks: dict[str, dict[str, np.ndarray]], local: int) -> manifest.ManifestRow:
+                    blocks: dict[str, dict[str, AnyDtypeArray]], local: int) -> manifest.ManifestRow:
         error, crcs = result.error, {}
         if result.targets is not None:
             try:
@@ -252,10 +255,11 @@ class CacheWriter:
         return manifest.ManifestRow(
             sample_token=result.sample_token, row=r, shard=shard_index, scene=result.scene,
             timestamp_us=int(result.timestamp_us), view=result.view, view_matrix=np.asarray(vm, np.float64),
-            status=manifest.STATUS_FAILED if error else manifest.STATUS_OK, error=error, crc32c=crcs, nbytes={})
+            status=manifest.STATUS_FAILED if error else manifest.STATUS_OK, error=error, crc32c=crcs, nbytes={},
+            labelled=bool(result.labelled))
 
     def _commit(self, shard_index: int, expected: range, records: dict[int, manifest.ManifestRow],
-                known_sizes: dict[tuple[str, str], np.ndarray]) -> ShardReport:
+                known_sizes: dict[tuple[str, str], Int64Array]) -> ShardReport:
         report = ShardReport(shard_index=shard_index, rows_ok=0, rows_failed=0)
         per_row = np.zeros((len(self.schema.targets), len(expected)), np.int64)
         for t, spec in enumerate(self.schema.targets):

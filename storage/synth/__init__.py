@@ -2,7 +2,8 @@
 
 ``generate_dataset(SynthConfig(...), dataroot)`` writes ``<dataroot>/<version>/*.json`` (the 13
 v1.0 tables), ``samples/LIDAR_TOP/*.pcd.bin`` (float32 x5: x, y, z, intensity, ring),
-optional ``sweeps/LIDAR_TOP``, ``samples/CAM_*/*.jpg``, ``maps/<token>.png`` and
+optional ``sweeps/LIDAR_TOP``, ``samples/CAM_*/*.jpg``, optional non-keyframe ``sweeps/CAM_*/*.jpg``,
+``maps/<token>.png`` and
 ``synth_summary.json``. Scene names come from the devkit's split lists (``mini_val`` first),
 so ``DetectionEval(eval_set='mini_val')`` runs on it. Modules: ``scene`` (rig, ego
 trajectory, objects), ``geometry`` (ray casting), ``lidar``, ``camera``, ``tables``, ``writer``.

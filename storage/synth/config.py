@@ -30,6 +30,9 @@ class SynthConfig:
         lidar_max_range: farthest return, m.
         sweeps_per_sample: non-keyframe LiDAR sweeps between two keyframes (and before the
             first), written under ``sweeps/LIDAR_TOP`` (nuScenes has 9 at 20 Hz).
+        camera_sweeps_per_sample: non-keyframe images per camera between two keyframes, written
+            under ``sweeps/CAM_*`` as ``is_key_frame: false`` sample_data (nuScenes has ~5 at 12 Hz);
+            unannotated frames for distillation on unlabelled data. 0 leaves the output unchanged.
         jpeg_quality: PIL JPEG quality of the camera images.
     """
 
@@ -43,6 +46,7 @@ class SynthConfig:
     azimuth_steps: int = 1080
     lidar_max_range: float = 70.0
     sweeps_per_sample: int = 0
+    camera_sweeps_per_sample: int = 0
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
@@ -63,9 +67,14 @@ class SynthConfig:
             raise ValueError("SynthConfig: need lidar_beams >= 2 and azimuth_steps >= 16")
         if self.sweeps_per_sample < 0:
             raise ValueError("SynthConfig.sweeps_per_sample must be >= 0")
+        if self.camera_sweeps_per_sample < 0:
+            raise ValueError("SynthConfig.camera_sweeps_per_sample must be >= 0")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.camera_sweeps_per_sample:  # keep summaries of keyframe-camera datasets byte-identical
+            del d["camera_sweeps_per_sample"]
+        return d
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SynthConfig:

@@ -54,8 +54,11 @@ def write_scene(config: SynthConfig, scene: Scene, split: str, root: Path, table
     for k, sample in enumerate(samples):
         stats.points_per_sweep.append(len(key_sweeps[k].points))
         stats.hits_per_box += key_sweeps[k].num_hits.tolist()
-        for channel, rec in _write_cameras(config, scene, root, tables, cs, sample, keyframes[k]).items():
+        for channel, rec in _write_cameras(config, scene, root, tables, cs, [sample], keyframes[k]).items():
             chains[channel].append(rec)
+        for j, off in camera_sweep_offsets_us(config, k):
+            for channel, rec in _write_cameras(config, scene, root, tables, cs, samples, off, sweep=(k, j)).items():
+                chains[channel].append(rec)
         if progress is not None:
             progress(f"{scene.name} ({split}) sample {k + 1}/{len(samples)}")
     for chain in chains.values():
@@ -104,21 +107,41 @@ def _write_lidar(config: SynthConfig, scene: Scene, root: Path, tables: Tables, 
     return key_sweeps
 
 
+def camera_sweep_offsets_us(config: SynthConfig, k: int) -> list[tuple[int, int]]:
+    """``(j, offset from the first keyframe in us)`` of the non-keyframe camera frames between
+    keyframes ``k`` and ``k + 1`` (none after the last keyframe), before each camera's time offset."""
+    n = config.camera_sweeps_per_sample
+    if k + 1 >= config.samples_per_scene:
+        return []
+    step = KEYFRAME_US // (n + 1)
+    return [(j, k * KEYFRAME_US + j * step) for j in range(1, n + 1)]
+
+
 def _write_cameras(config: SynthConfig, scene: Scene, root: Path, tables: Tables, cs: dict[str, str],
-                   sample: dict[str, Any], key_off: int) -> dict[str, dict[str, Any]]:
-    """Render and save the six images of one keyframe; returns their sample_data records."""
+                   samples: list[dict[str, Any]], frame_off: int, sweep: tuple[int, int] | None = None
+                   ) -> dict[str, dict[str, Any]]:
+    """Render and save the six images of one frame; returns their sample_data records.
+
+    A keyframe (``sweep`` None) passes its one sample and writes under ``samples/``; a camera
+    sweep ``(k, j)`` (``is_key_frame: false``, under ``sweeps/``) passes every keyframe sample and
+    is linked to the one nearest in time, as nuScenes does."""
     from PIL import Image  # lazy: keep `import storage` light
 
     out = {}
     for cam in CAMERAS:
-        off = key_off + cam.time_offset_us
+        off = frame_off + cam.time_offset_us
         ts = scene.start_us + off
-        rel = _filename(root, "samples", cam.channel, scene, ts, "jpg")
+        rel = _filename(root, "samples" if sweep is None else "sweeps", cam.channel, scene, ts, "jpg")
         image = render_camera(scene, off / 1e6, cam, config.image_size)
         Image.fromarray(image).save(root / rel, quality=config.jpeg_quality)
-        token = tables.token("sample_data", scene.name, cam.channel, sample["token"])
-        out[cam.channel] = _sample_data(tables, token, sample, cs[cam.channel], ts, rel, True, scene, off / 1e6,
-                                        config.image_size)
+        if sweep is None:
+            sample = samples[0]
+            token = tables.token("sample_data", scene.name, cam.channel, sample["token"])
+        else:
+            sample = samples[min(range(len(samples)), key=lambda i: (abs(samples[i]["timestamp"] - ts), -i))]
+            token = tables.token("sample_data", scene.name, cam.channel, "sweep", *sweep)
+        out[cam.channel] = _sample_data(tables, token, sample, cs[cam.channel], ts, rel, sweep is None, scene,
+                                        off / 1e6, config.image_size)
     return out
 
 

@@ -2,6 +2,6 @@
 
 from student.losses.combined import DistillationLoss, LossBreakdown
 from student.losses.config import DistillationConfig, LossWeights
-from student.losses.targets import TeacherSpec, TeacherTargets
+from student.losses.teacher_targets import TeacherShapes, TeacherTargets
 
-__all__ = ["DistillationConfig", "DistillationLoss", "LossBreakdown", "LossWeights", "TeacherSpec", "TeacherTargets"]
+__all__ = ["DistillationConfig", "DistillationLoss", "LossBreakdown", "LossWeights", "TeacherShapes", "TeacherTargets"]

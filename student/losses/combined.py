@@ -1,7 +1,7 @@
 """The one loss the trainer calls: detection + every enabled distillation term.
 
 :class:`DistillationLoss` takes a :class:`student.model.StudentOutput` and a
-:class:`student.losses.targets.TeacherTargets` — identical whether the targets were read from
+:class:`student.losses.teacher_targets.TeacherTargets` — identical whether the targets were read from
 the cache or produced by a live teacher — and returns a typed :class:`LossBreakdown`.
 It owns the adapters, projection heads and discriminator: pass ``loss.parameters()`` to the
 optimizer together with the student's.
@@ -9,8 +9,9 @@ optimizer together with the student's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,9 +26,12 @@ from student.losses.feature import DenseFeatureDistillation, LiDARGuidedFeatureD
 from student.losses.fusion import weighted_mse
 from student.losses.instance import InstanceInfoNCE
 from student.losses.response import HeatmapDistillation, KeypointResponseDistillation
-from student.losses.targets import TeacherSpec, TeacherTargets
+from student.losses.teacher_targets import TeacherShapes, TeacherTargets
 from student.model.types import StudentOutput
 from teachers.centerhead import CenterHead
+
+if TYPE_CHECKING:
+    from student.model import StudentModel
 
 _FUSION_STUDENT = ("camera_bev", "sim_lidar_bev", "fused_bev")
 
@@ -84,7 +88,7 @@ class DistillationLoss(nn.Module):
     """
 
     def __init__(self, config: DistillationConfig, *, depth_bins: tuple[float, float, float], student_grid: BEVGrid,
-                 student_channels: dict[str, int], head: CenterHead, teacher: TeacherSpec | None = None) -> None:
+                 student_channels: dict[str, int], head: CenterHead, teacher: TeacherShapes | None = None) -> None:
         super().__init__()
         self.config, self.student_grid, self.teacher = config, student_grid, teacher
         w = config.weights
@@ -96,15 +100,16 @@ class DistillationLoss(nn.Module):
         self.adapters = nn.ModuleDict()
         distill = [n for n in w.active() if n not in ("detection", "depth_bce")]
         if distill and teacher is None:
-            raise ValueError(f"DistillationLoss: terms {distill} need a TeacherSpec")
+            raise ValueError(f"DistillationLoss: terms {distill} need a TeacherShapes")
         if w.dense_feature or w.lgkd_feature or w.adversarial:
             self._add_adapter(config.feature_student, config.feature_teacher, student_channels)
-        for s, t, wt in zip(_FUSION_STUDENT, config.fusion_teacher, (w.fusion_camera, w.fusion_lidar, w.fusion_fused)):
+        weights = (w.fusion_camera, w.fusion_lidar, w.fusion_fused)
+        for s, t, wt in zip(_FUSION_STUDENT, config.fusion_teacher, weights, strict=True):
             if wt:
                 self._add_adapter(s, t, student_channels)
         if w.instance:
             if teacher is None or teacher.instance_channels is None:
-                raise ValueError("DistillationLoss: instance term needs TeacherSpec.instance_channels")
+                raise ValueError("DistillationLoss: instance term needs TeacherShapes.instance_channels")
             self.instance = InstanceInfoNCE(student_channels[config.feature_student], teacher.instance_channels,
                                             config.instance_embed_dim, config.instance_temperature,
                                             config.instance_min_score)
@@ -114,8 +119,8 @@ class DistillationLoss(nn.Module):
                                                        config.grl_scale)
 
     @classmethod
-    def for_student(cls, config: DistillationConfig, student: nn.Module, teacher: TeacherSpec | None = None
-                    ) -> "DistillationLoss":
+    def for_student(cls, config: DistillationConfig, student: StudentModel, teacher: TeacherShapes | None = None
+                    ) -> DistillationLoss:
         """Build from a :class:`student.model.StudentModel` (depth bins, grid, channels, head)."""
         return cls(config, depth_bins=student.config.depth.depth_bins, student_grid=student.config.bev_grid,
                    student_channels=student.bev_channels, head=student.head, teacher=teacher)
@@ -125,13 +130,15 @@ class DistillationLoss(nn.Module):
         if s not in student_channels:
             raise ValueError(f"DistillationLoss: student has no BEV map {s!r} (has {sorted(student_channels)})")
         if t not in self.teacher.bev_channels:
-            raise ValueError(f"DistillationLoss: teacher has no BEV map {t!r} (has {sorted(self.teacher.bev_channels)})")
+            raise ValueError(f"DistillationLoss: teacher has no BEV map {t!r} "
+                             f"(has {sorted(self.teacher.bev_channels)})")
         self.adapters[f"{s}__{t}"] = BEVAdapter(student_channels[s], self.teacher.bev_channels[t], self.student_grid,
                                                 self.teacher.bev_grid, learnable=self.config.learnable_adapters)
 
     def _pair(self, out: StudentOutput, targets: TeacherTargets, s: str, t: str) -> tuple[torch.Tensor, torch.Tensor]:
         if t not in targets.bev_features:
-            raise ValueError(f"DistillationLoss: targets lack bev_features[{t!r}] (have {sorted(targets.bev_features)})")
+            raise ValueError(f"DistillationLoss: targets lack bev_features[{t!r}] "
+                             f"(have {sorted(targets.bev_features)})")
         return self.adapters[f"{s}__{t}"](out.bev_map(s)), targets.bev_features[t]
 
     @staticmethod
@@ -142,7 +149,8 @@ class DistillationLoss(nn.Module):
         return value
 
     def forward(self, out: StudentOutput, targets: TeacherTargets | None = None, *,
-                gt_boxes: Sequence[torch.Tensor] = (), gt_labels: Sequence[torch.Tensor] = ()) -> LossBreakdown:
+                gt_boxes: Sequence[torch.Tensor] = (), gt_labels: Sequence[torch.Tensor] = (),
+                labelled: torch.Tensor | None = None) -> LossBreakdown:
         """All enabled terms, weighted, and their sum.
 
         Args:
@@ -151,12 +159,24 @@ class DistillationLoss(nn.Module):
                 :meth:`TeacherTargets.warped`); may be None when only detection/depth terms are on
                 and ``lidar_depth`` is not needed.
             gt_boxes / gt_labels: per sample ``(M, 9)`` / ``(M,)`` in the student's frame.
+            labelled: ``(B,)`` bool, the sample is annotated; None: every sample is. An unlabelled
+                sample's (empty) GT boxes are not a detection target: the detection loss runs on
+                the labelled samples only (zero when there are none), or with
+                ``config.unlabelled_pseudo_labels`` on the teacher's boxes scoring at least
+                ``pseudo_label_min_score``; its GT-box soft masks use those teacher boxes too.
+                Distillation terms run on every sample.
 
         Raises:
             ValueError: an enabled term's input is missing (the message names the field).
         """
         terms: dict[str, torch.Tensor] = {}
-        self._detection(out, targets, gt_boxes, gt_labels, terms)
+        unlabelled = [] if labelled is None else [i for i, lab in enumerate(labelled.tolist()) if not lab]
+        if unlabelled and self.config.detection_boxes == "gt":
+            self._mixed_detection(out, targets, list(gt_boxes), list(gt_labels), unlabelled, terms)
+        else:
+            self._detection(out, targets, gt_boxes, gt_labels, terms)
+        if unlabelled and targets is not None and targets.boxes:
+            gt_boxes = self._with_teacher_boxes(targets, list(gt_boxes), unlabelled)
         self._depth(out, targets, terms)
         self._features(out, targets, gt_boxes, terms)
         self._responses(out, targets, gt_boxes, terms)
@@ -176,21 +196,53 @@ class DistillationLoss(nn.Module):
         losses = self.detection(out.head, boxes, labels, out.bev_grid)
         terms["detection_heatmap"], terms["detection_regression"] = w * losses.heatmap, w * losses.regression
 
+    def _mixed_detection(self, out, targets, gt_boxes, gt_labels, unlabelled: list[int], terms) -> None:
+        """Detection on a batch with unlabelled samples (see :meth:`forward` ``labelled``)."""
+        w = self.config.weights.detection
+        if not w:
+            return
+        if self.config.unlabelled_pseudo_labels:
+            boxes, labels = self._pseudo_labels(targets)
+            for i in unlabelled:
+                gt_boxes[i], gt_labels[i] = boxes[i], labels[i]
+            keep = list(range(len(gt_boxes)))
+        else:
+            keep = [i for i in range(len(gt_boxes)) if i not in unlabelled]
+        if not keep:  # no annotated sample: the detection terms are exactly zero
+            zero = out.head[0].heatmap.sum() * 0.0
+            terms["detection_heatmap"], terms["detection_regression"] = zero, zero
+            return
+        idx = torch.tensor(keep, device=out.head[0].heatmap.device)
+        head = [replace(o, heatmap=o.heatmap[idx], reg=o.reg[idx], height=o.height[idx], dim=o.dim[idx],
+                        rot=o.rot[idx], vel=o.vel[idx]) for o in out.head]
+        losses = self.detection(head, [gt_boxes[i] for i in keep], [gt_labels[i] for i in keep], out.bev_grid)
+        terms["detection_heatmap"], terms["detection_regression"] = w * losses.heatmap, w * losses.regression
+
+    def _with_teacher_boxes(self, targets, gt_boxes: list[torch.Tensor], unlabelled: list[int]) -> list[torch.Tensor]:
+        """``gt_boxes`` with each unlabelled sample's replaced by the teacher's boxes scoring at least
+        ``pseudo_label_min_score`` (the GT-box soft masks of BEVDistill §3.2 / UniDistill keypoints)."""
+        for i in unlabelled:
+            b = targets.boxes[i]
+            gt_boxes[i] = b[targets.scores[i] >= self.config.pseudo_label_min_score] if targets.scores else b
+        return gt_boxes
+
     def _pseudo_labels(self, targets) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         boxes = self._need(targets, "boxes", "detection")
         scores, labels = self._need(targets, "scores", "detection"), self._need(targets, "labels", "detection")
         keep = [s >= self.config.pseudo_label_min_score for s in scores]
-        return [b[k] for b, k in zip(boxes, keep)], [lab[k] for lab, k in zip(labels, keep)]
+        return [b[k] for b, k in zip(boxes, keep, strict=True)], [lab[k] for lab, k in zip(labels, keep, strict=True)]
 
     def _depth(self, out, targets, terms) -> None:
         w = self.config.weights
         if w.depth_bce:
-            terms["depth_bce"] = w.depth_bce * self.depth_bce(out.depth_probs, self._need(targets, "lidar_depth", "depth_bce"))
+            lidar_depth = self._need(targets, "lidar_depth", "depth_bce")
+            terms["depth_bce"] = w.depth_bce * self.depth_bce(out.depth_probs, lidar_depth)
         if w.depth_distill:
             teacher = self._need(targets, "depth_probs", "depth_distill")
             mask = None
             if self.config.depth_distill_lidar_only:
-                mask = min_pool_depth(self._need(targets, "lidar_depth", "depth_distill"), tuple(out.depth_probs.shape[-2:])) > 0
+                lidar_depth = self._need(targets, "lidar_depth", "depth_distill")
+                mask = min_pool_depth(lidar_depth, tuple(out.depth_probs.shape[-2:])) > 0
             terms["depth_distill"] = w.depth_distill * self.depth_kl(out.depth_probs, teacher, mask)
 
     def _soft_mask_boxes(self, targets, gt_boxes) -> list[torch.Tensor]:
@@ -198,7 +250,7 @@ class DistillationLoss(nn.Module):
             boxes = list(self._need(targets, "boxes", "soft mask"))
             if not targets.scores:
                 return boxes
-            return [b[s >= self.config.pseudo_label_min_score] for b, s in zip(boxes, targets.scores)]
+            return [b[s >= self.config.pseudo_label_min_score] for b, s in zip(boxes, targets.scores, strict=True)]
         if not len(gt_boxes):
             raise ValueError("DistillationLoss: soft_mask_boxes='gt' needs gt_boxes")
         return list(gt_boxes)
@@ -217,7 +269,8 @@ class DistillationLoss(nn.Module):
             terms["lgkd_feature"] = w.lgkd_feature * self.lgkd(s, t, fg, view)
         if w.adversarial:
             terms["adversarial"] = w.adversarial * self.adversarial(s, t)
-        for s_name, t_name, key in zip(_FUSION_STUDENT, c.fusion_teacher, ("fusion_camera", "fusion_lidar", "fusion_fused")):
+        keys = ("fusion_camera", "fusion_lidar", "fusion_fused")
+        for s_name, t_name, key in zip(_FUSION_STUDENT, c.fusion_teacher, keys, strict=True):
             if getattr(w, key):
                 terms[key] = getattr(w, key) * weighted_mse(*self._pair(out, targets, s_name, t_name))
 
@@ -232,7 +285,8 @@ class DistillationLoss(nn.Module):
                 terms["heatmap"] = w.heatmap * self.heatmap_kd(logits, teacher)
             if w.keypoint_response:
                 boxes = self._soft_mask_boxes(targets, gt_boxes)
-                terms["keypoint_response"] = w.keypoint_response * self.keypoint_kd(logits, teacher, boxes, targets.bev_grid)
+                terms["keypoint_response"] = w.keypoint_response * self.keypoint_kd(logits, teacher, boxes,
+                                                                                     targets.bev_grid)
         if w.instance:
             feats = self._need(targets, "instance_features", "instance")
             terms["instance"] = w.instance * self.instance(out.bev_map(self.config.feature_student), self.student_grid,

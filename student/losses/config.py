@@ -59,6 +59,9 @@ class DistillationConfig:
         soft_mask_min_radius / soft_mask_min_overlap: Gaussian radius settings (CenterPoint: 2, 0.1).
         detection_boxes: ``"gt"`` or ``"teacher"`` (pseudo-labels above ``pseudo_label_min_score``).
         pseudo_label_min_score: score threshold of teacher pseudo-labels.
+        unlabelled_pseudo_labels: on unlabelled samples (no annotations, e.g. nuScenes
+            non-keyframe sweeps) train detection on the teacher's boxes above
+            ``pseudo_label_min_score``; False: no detection loss on them (distillation only).
         instance_embed_dim / instance_temperature / instance_min_score: InfoNCE settings.
         depth_distill_lidar_only: KL only on image cells with LiDAR depth.
         grl_scale / discriminator_hidden: X-AT settings.
@@ -74,6 +77,7 @@ class DistillationConfig:
     soft_mask_min_overlap: float = 0.1
     detection_boxes: str = "gt"
     pseudo_label_min_score: float = 0.3
+    unlabelled_pseudo_labels: bool = False
     instance_embed_dim: int = 128
     instance_temperature: float = 0.07
     instance_min_score: float = 0.3
@@ -91,7 +95,7 @@ class DistillationConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillationConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DistillationConfig:
         """Inverse of :meth:`to_dict`. Dicts of older checkpoints carried ``depth_bins`` (a copy
         of the student's); it is dropped, the student's config is the source."""
         d = dict(d)

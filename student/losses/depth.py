@@ -84,7 +84,8 @@ class DepthBCELoss(nn.Module):
         if depth_probs.shape[2] != self.num_bins:
             raise ValueError(f"DepthBCELoss: depth_probs have {depth_probs.shape[2]} bins, depth_bins "
                              f"{self.depth_bins} give {self.num_bins}; build the loss from the student's DepthConfig")
-        depth = min_pool_depth(lidar_depth.to(depth_probs.dtype), tuple(depth_probs.shape[-2:]))
+        out_hw = (int(depth_probs.shape[-2]), int(depth_probs.shape[-1]))
+        depth = min_pool_depth(lidar_depth.to(depth_probs.dtype), out_hw)
         target, valid = depth_one_hot(depth, self.depth_bins, self.num_bins)  # (B,N,h,w,D), (B,N,h,w)
         pred = depth_probs.permute(0, 1, 3, 4, 2)[valid].clamp(1e-6, 1 - 1e-6)
         bce = F.binary_cross_entropy(pred, target[valid], reduction="sum")

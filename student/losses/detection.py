@@ -7,7 +7,7 @@ Targets come from boxes: ground truth, or a teacher's boxes as pseudo-labels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

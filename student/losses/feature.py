@@ -14,13 +14,13 @@ Both take student maps already adapted to the teacher's channels and grid
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from storage.grid import BEVGrid
-from teachers.center_targets import gaussian_radius
+from teachers.center_gt import gaussian_radius
 
 
 def gaussian_soft_mask(boxes: Sequence[torch.Tensor], grid: BEVGrid, *, min_radius: int = 2,
@@ -47,8 +47,8 @@ def gaussian_soft_mask(boxes: Sequence[torch.Tensor], grid: BEVGrid, *, min_radi
         b = bx.detach().float().reshape(-1, 9)
         if len(b) == 0:
             continue
-        r = torch.tensor([max(min_radius, int(gaussian_radius(float(l) / vx, float(wd) / vy, min_overlap)))
-                          for l, wd in b[:, 3:5].tolist()], device=dev, dtype=torch.float32)
+        r = torch.tensor([max(min_radius, int(gaussian_radius(float(ln) / vx, float(wd) / vy, min_overlap)))
+                          for ln, wd in b[:, 3:5].tolist()], device=dev, dtype=torch.float32)
         sigma2 = ((2 * r + 1) / 6.0) ** 2
         cy, cx = grid.metric_to_cell_float(b[:, :2]).unbind(-1)  # continuous cell coordinates
         reach = int(r.max()) + 1

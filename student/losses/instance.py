@@ -13,7 +13,7 @@ Our student is a dense CenterHead detector, so its instance feature is its BEV f
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class InstanceInfoNCE(nn.Module):
         ``teacher_features (M, C_t)``, ``scores (M,)`` -> scalar (mean over samples with
         instances; 0 when none)."""
         losses = []
-        for b, (bx, tf) in enumerate(zip(boxes, teacher_features)):
+        for b, (bx, tf) in enumerate(zip(boxes, teacher_features, strict=True)):
             keep = torch.ones(len(bx), dtype=torch.bool, device=bx.device)
             if scores is not None and len(scores) > b:
                 keep = scores[b] >= self.min_score

@@ -35,6 +35,8 @@ class StudentModel(nn.Module):
         pretrained_loaded: whether torchvision ImageNet weights were copied into the backbone.
     """
 
+    depth_centers: torch.Tensor  # (D,) depth-bin centres, m (buffer)
+
     def __init__(self, config: StudentConfig, tasks: tuple[tuple[int, ...], ...] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -92,7 +94,9 @@ class StudentModel(nn.Module):
         hw = tuple(feat.shape[-2:])
         points = frustum_points(batch.cam_intrinsic, batch.lidar_from_cam, hw, self.config.feature_stride,
                                 self.depth_centers, img_aug=batch.img_aug, bev_aug=batch.bev_aug)
-        unflat = (lambda t: t.reshape(b, n, *t.shape[1:]))
+        def unflat(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, n, *t.shape[1:])
+
         camera_bev = voxel_pool(points, unflat(depth_probs), unflat(context), self.config.bev_grid)
         sim_lidar_bev = fused_bev = None
         enc_in = camera_bev

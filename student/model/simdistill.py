@@ -33,6 +33,7 @@ class GeometryCompensation(nn.Module):
         super().__init__()
         self.offset = nn.Conv2d(in_channels, 2, 3, padding=1)
         nn.init.zeros_(self.offset.weight)
+        assert self.offset.bias is not None
         nn.init.zeros_(self.offset.bias)
         self.block = nn.Sequential(_conv_block(in_channels, out_channels), _conv_block(out_channels, out_channels))
 

@@ -40,12 +40,13 @@ class StudentBatch:
     def batch_size(self) -> int:
         return int(self.images.shape[0])
 
-    def to(self, device: torch.device | str) -> "StudentBatch":
+    def to(self, device: torch.device | str) -> StudentBatch:
         """A copy with every tensor on ``device``."""
         return replace(self, images=self.images.to(device), cam_intrinsic=self.cam_intrinsic.to(device),
                        lidar_from_cam=self.lidar_from_cam.to(device), img_aug=self.img_aug.to(device),
                        bev_aug=None if self.bev_aug is None else self.bev_aug.to(device),
-                       gt_boxes=[b.to(device) for b in self.gt_boxes], gt_labels=[lab.to(device) for lab in self.gt_labels])
+                       gt_boxes=[b.to(device) for b in self.gt_boxes],
+                       gt_labels=[lab.to(device) for lab in self.gt_labels])
 
 
 @dataclass(kw_only=True, eq=False)

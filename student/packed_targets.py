@@ -21,23 +21,18 @@ code for cached and live-teacher targets, so "cached = online" is one equality):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from storage.cache import CacheRow, QuantizedArray, dequantize
-from storage.cache.row import ROW_ARRAYS
-from storage.cache.schema import fields_where
+from storage.cache.schema import BEV_PREFIX, fields_where
 from storage.grid import BEVGrid
 from student.augment import bev_sampling_grid, warp_boxes, warp_depth, warp_images
-from student.losses.targets import TeacherSpec, TeacherTargets
-
-#: Row attributes packed one tensor per sample (ragged targets: one row per box) / stacked (the rest);
-#: from the target-field table (:data:`storage.cache.schema.TARGET_FIELDS`).
-_RAGGED = tuple(a for f in fields_where(ragged=True) for a in f.row_attrs)
-_DENSE = tuple(a for a in ROW_ARRAYS if a not in _RAGGED)
+from student.losses.teacher_targets import DENSE_ATTRS, RAGGED_ATTRS, TeacherShapes, TeacherTargets
 
 
 @dataclass(kw_only=True, eq=False)
@@ -75,25 +70,35 @@ class PackedTargets:
                     total += t.numel() * t.element_size()
         return total + sum(t.numel() * t.element_size() for ts in self.ragged.values() for t in ts)
 
-    def pin_memory(self) -> "PackedTargets":
+    def pin_memory(self) -> PackedTargets:
         """Page-locked copies (DataLoader ``pin_memory=True`` calls this) for asynchronous GPU copies."""
-        pin = (lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t)
+        def pin(t: Any) -> Any:
+            return t.pin_memory() if isinstance(t, torch.Tensor) else t
+
         return PackedTargets(bev_grid=self.bev_grid,
-                             dense={k: (QuantizedArray(*(pin(x) for x in v)) if isinstance(v, QuantizedArray) else pin(v))
+                             dense={k: (QuantizedArray(*(pin(x) for x in v))
+                                        if isinstance(v, QuantizedArray) else pin(v))
                                     for k, v in self.dense.items()},
                              ragged={k: [pin(t) for t in ts] for k, ts in self.ragged.items()},
                              residual_bev=self.residual_bev, residual_img=self.residual_img,
                              depth_out_size=self.depth_out_size, depth_stride=self.depth_stride)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedTargets":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedTargets:
         """A copy with the dense and ragged tensors on ``device`` (residuals stay on the CPU)."""
-        mv = (lambda t: t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t)
+        def mv(t: Any) -> Any:
+            return t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t
+
         dense = {k: (QuantizedArray(*(mv(x) for x in v)) if isinstance(v, QuantizedArray) else mv(v))
                  for k, v in self.dense.items()}
         return PackedTargets(bev_grid=self.bev_grid, dense=dense,
                              ragged={k: [mv(t) for t in ts] for k, ts in self.ragged.items()},
                              residual_bev=self.residual_bev, residual_img=self.residual_img,
                              depth_out_size=self.depth_out_size, depth_stride=self.depth_stride)
+
+
+#: Dense targets on the BEV grid warped bilinearly (maps) / nearest (masks), from the target-field table.
+_BEV_BILINEAR = {a for f in fields_where(warp="bilinear", bev_map=True) for a in f.row_attrs}
+_BEV_NEAREST = {a for f in fields_where(warp="nearest", bev_map=True) for a in f.row_attrs}
 
 
 def row_fields(row: CacheRow) -> dict[str, Any]:
@@ -128,8 +133,9 @@ def collate_targets(rows: Sequence[Any], bev_grid: BEVGrid, residual_bev: np.nda
     """
     per_row = [row_fields(r) for r in rows]
     names = set.intersection(*(set(f) for f in per_row)) if per_row else set()
-    dense = {n: _stack(n, [f[n] for f in per_row]) for n in sorted(names) if n not in _RAGGED}
-    ragged = {n: [torch.from_numpy(np.ascontiguousarray(f[n])) for f in per_row] for n in sorted(names) if n in _RAGGED}
+    dense = {n: _stack(n, [f[n] for f in per_row]) for n in sorted(names) if n not in RAGGED_ATTRS}
+    ragged = {n: [torch.from_numpy(np.ascontiguousarray(f[n])) for f in per_row]
+              for n in sorted(names) if n in RAGGED_ATTRS}
     return PackedTargets(bev_grid=bev_grid, dense=dense, ragged=ragged,
                          residual_bev=torch.as_tensor(np.asarray(residual_bev), dtype=torch.float64),
                          residual_img=torch.as_tensor(np.asarray(residual_img), dtype=torch.float64),
@@ -154,15 +160,14 @@ def unpack_targets(packed: PackedTargets, device: torch.device | str) -> Teacher
     p = packed.to(device, non_blocking=True)
     d = {k: _decoded(v) for k, v in p.dense.items()}
     ragged = {k: [t.float() if t.is_floating_point() else t.long() for t in ts] for k, ts in p.ragged.items()}
+    targets: dict[str, Any] = {a: d.get(a) for a in DENSE_ATTRS} | {a: ragged.get(a, []) for a in RAGGED_ATTRS}
     return TeacherTargets(bev_grid=p.bev_grid,
-                          bev_features={k.split("/", 1)[1]: v for k, v in d.items() if k.startswith("bev_features/")},
-                          heatmap=d.get("heatmap"), boxes=ragged.get("boxes", []), scores=ragged.get("scores", []),
-                          labels=ragged.get("labels", []), instance_features=ragged.get("instance_features", []),
-                          lidar_depth=d.get("lidar_depth"), depth_probs=d.get("depth_probs"),
-                          fg_mask=d.get("fg_mask"), view_mask=d.get("view_mask"))
+                          bev_features={k[len(BEV_PREFIX):]: v for k, v in d.items() if k.startswith(BEV_PREFIX)},
+                          **targets)
 
 
 def _is_identity(m: torch.Tensor | None) -> bool:
+    """True for None or a batch of identity matrices."""
     return m is None or bool(torch.allclose(m, torch.eye(m.shape[-1], dtype=m.dtype).expand_as(m), atol=1e-9))
 
 
@@ -177,23 +182,32 @@ def align_targets(t: TeacherTargets, residual_bev: torch.Tensor | None, residual
         depth_out_size: ``(h, w)`` of the aligned depth maps (``None`` keeps the input size).
         depth_stride: pixels per depth-map cell, input and output.
     """
-    out = t if _is_identity(residual_bev) else warp_bev_targets(t, residual_bev)
-    same_size = depth_out_size is None or (t.lidar_depth is None or tuple(t.lidar_depth.shape[-2:]) == tuple(depth_out_size))
+    out = t if residual_bev is None or _is_identity(residual_bev) else warp_bev_targets(t, residual_bev)
+    same_size = depth_out_size is None or (t.lidar_depth is None
+                                           or tuple(t.lidar_depth.shape[-2:]) == tuple(depth_out_size))
     if _is_identity(residual_img) and same_size:
         return out
+    if residual_img is None:
+        raise ValueError(f"align_targets: resizing depth maps to {depth_out_size} needs residual_img")
     a = residual_img.reshape(-1, 3, 3)
-    size = tuple(depth_out_size) if depth_out_size is not None else tuple(t.lidar_depth.shape[-2:])
+    ref = t.lidar_depth if t.lidar_depth is not None else t.depth_probs
+    if depth_out_size is not None:
+        size = (int(depth_out_size[0]), int(depth_out_size[1]))
+    elif ref is not None:
+        size = (int(ref.shape[-2]), int(ref.shape[-1]))
+    else:
+        return out
     if out.lidar_depth is not None:
         b, n, h, w = out.lidar_depth.shape
         warped = warp_depth(out.lidar_depth.reshape(b * n, h, w), a.to(out.lidar_depth.device), size,
                             src_stride=depth_stride, dst_stride=depth_stride)
-        out = _replace(out, lidar_depth=warped.reshape(b, n, *size))
+        out = replace(out, lidar_depth=warped.reshape(b, n, *size))
     if out.depth_probs is not None:
         b, n, dbins, h, w = out.depth_probs.shape
         cells = torch.diag(torch.tensor([1.0 / depth_stride, 1.0 / depth_stride, 1.0], dtype=torch.float64))
         a_cells = cells @ a @ torch.linalg.inv(cells)  # the same transform in cell units
         probs = warp_images(out.depth_probs.reshape(b * n, dbins, h, w), a_cells.to(out.depth_probs.device), size)
-        out = _replace(out, depth_probs=probs.reshape(b, n, dbins, *size))
+        out = replace(out, depth_probs=probs.reshape(b, n, dbins, *size))
     return out
 
 
@@ -202,8 +216,10 @@ def warp_bev_targets(t: TeacherTargets, residual_bev: torch.Tensor) -> TeacherTa
     (features and heatmap concatenated), one nearest for every mask, boxes moved by
     :func:`storage.boxes.transform_boxes` (centre, yaw, velocity; instance features travel
     with their boxes). Cells coming from outside the grid become 0 / False."""
-    maps = dict(t.bev_features) | ({"heatmap": t.heatmap} if t.heatmap is not None else {})
-    masks = {f.name: getattr(t, f.name) for f in fields_where(warp="nearest") if getattr(t, f.name) is not None}
+    bilinear = [a for a in DENSE_ATTRS if a in _BEV_BILINEAR]
+    maps = {BEV_PREFIX + k: v for k, v in t.bev_features.items()}
+    maps |= {a: getattr(t, a) for a in bilinear if getattr(t, a) is not None}
+    masks = {a: getattr(t, a) for a in DENSE_ATTRS if a in _BEV_NEAREST and getattr(t, a) is not None}
     ref = next(iter(maps.values()), next(iter(masks.values()), None))
     changes: dict[str, Any] = {}
     if ref is not None:
@@ -212,34 +228,30 @@ def warp_bev_targets(t: TeacherTargets, residual_bev: torch.Tensor) -> TeacherTa
             stacked = torch.cat(list(maps.values()), dim=1)
             warped = torch.nn.functional.grid_sample(stacked, coords.to(stacked.dtype), mode="bilinear",
                                                      padding_mode="zeros", align_corners=False)
-            parts = dict(zip(maps, warped.split([m.shape[1] for m in maps.values()], dim=1)))
-            changes["heatmap"] = parts.pop("heatmap", None)
-            changes["bev_features"] = parts
+            parts = dict(zip(maps, warped.split([m.shape[1] for m in maps.values()], dim=1), strict=True))
+            changes.update({a: parts.get(a) for a in bilinear})
+            changes["bev_features"] = {k[len(BEV_PREFIX):]: v for k, v in parts.items() if k.startswith(BEV_PREFIX)}
         if masks:
             flat = torch.cat([m.reshape(m.shape[0], -1, *m.shape[-2:]) for m in masks.values()], dim=1).float()
             warped = torch.nn.functional.grid_sample(flat, coords, mode="nearest", padding_mode="zeros",
                                                      align_corners=False) > 0.5
             sizes = [int(np.prod(m.shape[1:-2])) for m in masks.values()]
-            for (k, m), part in zip(masks.items(), warped.split(sizes, dim=1)):
+            for (k, m), part in zip(masks.items(), warped.split(sizes, dim=1), strict=True):
                 changes[k] = part.reshape(m.shape)
     mats = residual_bev.cpu().numpy()
-    changes["boxes"] = [torch.as_tensor(warp_boxes(b, mats[i]), dtype=b.dtype, device=b.device)
-                        for i, b in enumerate(t.boxes)]
-    return _replace(t, **changes)
-
-
-def _replace(t: TeacherTargets, **changes: Any) -> TeacherTargets:
-    fields_ = {k: getattr(t, k) for k in ("bev_grid", "bev_features", "heatmap", "boxes", "scores", "labels",
-                                          "instance_features", "lidar_depth", "depth_probs", "fg_mask", "view_mask")}
-    fields_.update(changes)
-    return TeacherTargets(**fields_)
+    for f in fields_where(warp="boxes"):
+        a = f.row_attrs[0]
+        changes[a] = [torch.as_tensor(warp_boxes(b, mats[i]), dtype=b.dtype, device=b.device)
+                      for i, b in enumerate(getattr(t, a))]
+    return replace(t, **changes)
 
 
 def merge_targets(network: TeacherTargets, lidar: TeacherTargets) -> TeacherTargets:
     """A live teacher's network targets completed with the network-free ones (masks, LiDAR depth)
-    of ``lidar`` where ``network`` lacks them."""
-    return _replace(network, **{k: getattr(lidar, k) for k in ("lidar_depth", "fg_mask", "view_mask", "depth_probs")
-                                if getattr(network, k) is None and getattr(lidar, k) is not None})
+    of ``lidar`` where ``network`` lacks them: every dense target (:data:`DENSE_ATTRS`) that
+    ``network`` has as None and ``lidar`` has."""
+    return replace(network, **{a: getattr(lidar, a) for a in DENSE_ATTRS
+                               if getattr(network, a) is None and getattr(lidar, a) is not None})
 
 
 def live_teacher_targets(teacher: torch.nn.Module, points: Sequence[torch.Tensor], lidar: PackedTargets,
@@ -262,20 +274,20 @@ def live_teacher_targets(teacher: torch.nn.Module, points: Sequence[torch.Tensor
     return align_targets(merged, lidar.residual_bev, lidar.residual_img, lidar.depth_out_size, lidar.depth_stride)
 
 
-def spec_from_schema(schema: Any) -> TeacherSpec:
-    """The :class:`TeacherSpec` (grid, BEV channels, instance channels, classes) of a cache schema."""
+def spec_from_schema(schema: Any) -> TeacherShapes:
+    """The :class:`TeacherShapes` (grid, BEV channels, instance channels, classes) of a cache schema."""
     shapes = {t.name: t.shape for t in schema.targets}
-    return TeacherSpec(bev_grid=schema.grid,
+    return TeacherShapes(bev_grid=schema.grid,
                        bev_channels={n.split("/", 1)[1]: int(s[0]) for n, s in shapes.items()
                                      if n.startswith("bev_features/")},
                        instance_channels=int(shapes["instance_features"][1]) if "instance_features" in shapes else None,
                        num_classes=int(shapes["heatmap"][0]) if "heatmap" in shapes else 10)
 
 
-def spec_from_output(out: Any) -> TeacherSpec:
-    """The :class:`TeacherSpec` of a live teacher's :class:`teachers.output.TeacherOutput`."""
+def spec_from_output(out: Any) -> TeacherShapes:
+    """The :class:`TeacherShapes` of a live teacher's :class:`teachers.output.TeacherOutput`."""
     inst = next((int(f.shape[-1]) for f in out.instance_features), None)
-    return TeacherSpec(bev_grid=out.bev_grid, bev_channels={k: int(v.shape[1]) for k, v in out.bev_features.items()},
+    return TeacherShapes(bev_grid=out.bev_grid, bev_channels={k: int(v.shape[1]) for k, v in out.bev_features.items()},
                        instance_channels=inst, num_classes=int(out.heatmap.shape[1]))
 
 

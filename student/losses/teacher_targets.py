@@ -5,20 +5,33 @@ teacher (:class:`teachers.output.TeacherOutput`), so "cached = online" is one eq
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
+from storage.cache.row import ROW_ARRAYS, CacheRow
+from storage.cache.schema import TARGET_FIELDS, TargetField, fields_where
 from storage.grid import BEVGrid
-from storage.cache.row import CacheRow
 from student.augment import warp_bev, warp_boxes
 from teachers.output import TeacherOutput
 
+#: :class:`TeacherTargets` attributes besides ``bev_grid`` / ``bev_features``, from the target-field
+#: table (:data:`storage.cache.schema.TARGET_FIELDS`): ragged ones hold one tensor per sample
+#: (``boxes``, ``scores``, ``labels``, ``instance_features``; empty list = absent), dense ones one
+#: ``(B, ...)`` tensor or None (``heatmap``, ``lidar_depth``, ``depth_probs``, ``fg_mask``, ``view_mask``).
+RAGGED_ATTRS: tuple[str, ...] = tuple(a for f in fields_where(ragged=True) for a in f.row_attrs)
+DENSE_ATTRS: tuple[str, ...] = tuple(a for a in ROW_ARRAYS if a not in RAGGED_ATTRS)
+#: attribute -> its row of the table, and its torch dtype once decoded (float32, bool; int64 labels).
+_FIELD_OF: dict[str, TargetField] = {a: f for f in TARGET_FIELDS for a in f.row_attrs}
+_DTYPE_OF: dict[str, torch.dtype] = {a: getattr(torch, d) for f in TARGET_FIELDS
+                                     for a, d in zip(f.row_attrs, f.row_dtypes, strict=True)}
+
 
 @dataclass(frozen=True, kw_only=True)
-class TeacherSpec:
+class TeacherShapes:
     """Static description of a teacher's targets, needed to build adapters before training.
 
     Attributes:
@@ -64,38 +77,35 @@ class TeacherTargets:
 
     @classmethod
     def from_samples(cls, rows: Sequence[CacheRow], bev_grid: BEVGrid,
-                     device: torch.device | str = "cpu") -> "TeacherTargets":
+                     device: torch.device | str = "cpu") -> TeacherTargets:
         """Collate cached rows. A field missing (None) in any row is None in the batch; BEV
         feature names are those present in every row. float16 storage becomes float32."""
 
-        def stack(name: str, dtype: torch.dtype) -> torch.Tensor | None:
+        def stack(name: str) -> torch.Tensor | None:
             vals = [getattr(r, name) for r in rows]
             if any(v is None for v in vals):
                 return None
-            return torch.stack([torch.as_tensor(np.asarray(v)).to(dtype) for v in vals]).to(device)
+            return torch.stack([torch.as_tensor(np.asarray(v)).to(_DTYPE_OF[name]) for v in vals]).to(device)
 
-        def per(name: str, dtype: torch.dtype, width: int | None) -> list[torch.Tensor]:
+        def per(name: str) -> list[torch.Tensor]:
             vals = [getattr(r, name) for r in rows]
             if any(v is None for v in vals):
                 return []
-            out = [torch.as_tensor(np.asarray(v)).to(device, dtype) for v in vals]
+            out = [torch.as_tensor(np.asarray(v)).to(device, _DTYPE_OF[name]) for v in vals]
+            width = _ragged_width(name, vals)
             return [t.reshape(-1, width) if width else t.reshape(-1) for t in out]
 
         keys = set.intersection(*(set(r.bev_features) for r in rows)) if rows else set()
-        inst_c = next((np.asarray(r.instance_features).shape[-1] for r in rows if r.instance_features is not None), 0)
+        targets: dict[str, Any] = {a: stack(a) for a in DENSE_ATTRS} | {a: per(a) for a in RAGGED_ATTRS}
         return cls(bev_grid=bev_grid,
                    bev_features={k: torch.stack([torch.as_tensor(np.asarray(r.bev_features[k])).float()
                                                  for r in rows]).to(device) for k in sorted(keys)},
-                   heatmap=stack("heatmap", torch.float32), boxes=per("boxes", torch.float32, 9),
-                   scores=per("scores", torch.float32, None), labels=per("labels", torch.int64, None),
-                   instance_features=per("instance_features", torch.float32, inst_c or None),
-                   lidar_depth=stack("lidar_depth", torch.float32), depth_probs=stack("depth_probs", torch.float32),
-                   fg_mask=stack("fg_mask", torch.bool), view_mask=stack("view_mask", torch.bool))
+                   **targets)
 
     @classmethod
     def from_teacher_output(cls, out: TeacherOutput, *, fg_mask: torch.Tensor | None = None,
                             view_mask: torch.Tensor | None = None,
-                            lidar_depth: torch.Tensor | None = None) -> "TeacherTargets":
+                            lidar_depth: torch.Tensor | None = None) -> TeacherTargets:
         """Wrap a live teacher's output (no copy) plus the network-free masks and LiDAR depth."""
         return cls(bev_grid=out.bev_grid, bev_features=dict(out.bev_features), heatmap=out.heatmap,
                    boxes=list(out.boxes), scores=list(out.scores), labels=list(out.labels),
@@ -109,18 +119,18 @@ class TeacherTargets:
                 return int(t.shape[0])
         return len(self.boxes)
 
-    def to(self, device: torch.device | str) -> "TeacherTargets":
+    def to(self, device: torch.device | str) -> TeacherTargets:
         """A copy with every tensor on ``device``."""
-        mv = (lambda t: None if t is None else t.to(device))
-        return TeacherTargets(bev_grid=self.bev_grid, bev_features={k: v.to(device) for k, v in self.bev_features.items()},
-                              heatmap=mv(self.heatmap), boxes=[mv(t) for t in self.boxes],
-                              scores=[mv(t) for t in self.scores], labels=[mv(t) for t in self.labels],
-                              instance_features=[mv(t) for t in self.instance_features],
-                              lidar_depth=mv(self.lidar_depth), depth_probs=mv(self.depth_probs),
-                              fg_mask=mv(self.fg_mask), view_mask=mv(self.view_mask))
+        changes: dict[str, Any] = {"bev_features": {k: v.to(device) for k, v in self.bev_features.items()}}
+        for a in DENSE_ATTRS:
+            t = getattr(self, a)
+            changes[a] = None if t is None else t.to(device)
+        for a in RAGGED_ATTRS:
+            changes[a] = [t.to(device) for t in getattr(self, a)]
+        return replace(self, **changes)
 
-    def warped(self, bev_aug: np.ndarray | torch.Tensor) -> "TeacherTargets":
-        """The targets in the BEV-augmented frame (:mod:`student.augment`).
+    def warped(self, bev_aug: np.ndarray | torch.Tensor) -> TeacherTargets:
+        """The targets in the BEV-augmented frame (:mod:`student.augment`), by each field's warp rule.
 
         BEV maps and heatmaps are sampled bilinearly, masks nearest, boxes moved by
         :func:`storage.boxes.transform_boxes`; per-camera depth targets are image-space and
@@ -134,12 +144,30 @@ class TeacherTargets:
         b = self.batch_size
         mats = m.expand(b, 4, 4) if m.ndim == 2 else m
         g = self.bev_grid
-        w = (lambda t, mode="bilinear": None if t is None else warp_bev(t, mats, g, mode=mode))
-        boxes = [torch.as_tensor(warp_boxes(bx, mats[i].cpu().numpy()), dtype=bx.dtype, device=bx.device)
-                 for i, bx in enumerate(self.boxes)]
-        return TeacherTargets(bev_grid=g, bev_features={k: w(v) for k, v in self.bev_features.items()},
-                              heatmap=w(self.heatmap), boxes=boxes, scores=list(self.scores), labels=list(self.labels),
-                              instance_features=list(self.instance_features), lidar_depth=self.lidar_depth,
-                              depth_probs=self.depth_probs,
-                              fg_mask=None if self.fg_mask is None else warp_bev(self.fg_mask, mats, g),
-                              view_mask=None if self.view_mask is None else warp_bev(self.view_mask, mats, g))
+        bev_rule = _FIELD_OF["bev_features"].warp
+        changes: dict[str, Any] = {"bev_features": {k: warp_bev(v, mats, g, mode=bev_rule)
+                                                    for k, v in self.bev_features.items()}}
+        for a in DENSE_ATTRS:
+            f, t = _FIELD_OF[a], getattr(self, a)
+            if f.bev_map and t is not None:  # camera-frame targets are not moved by a BEV augmentation
+                changes[a] = warp_bev(t, mats, g, mode=f.warp)
+        for a in RAGGED_ATTRS:
+            ts = getattr(self, a)
+            if _FIELD_OF[a].warp == "boxes" and a == _FIELD_OF[a].row_attrs[0]:
+                changes[a] = [torch.as_tensor(warp_boxes(bx, mats[i].cpu().numpy()), dtype=bx.dtype, device=bx.device)
+                              for i, bx in enumerate(ts)]
+            else:  # scores, labels and instance features travel with their boxes
+                changes[a] = list(ts)
+        return replace(self, **changes)
+
+
+def _ragged_width(name: str, values: Sequence[Any]) -> int | None:
+    """Columns of ragged attribute ``name`` (``boxes``: 9; ``instance_features``: C from ``values``);
+    None for the per-box scalars (``scores``, ``labels``)."""
+    f = _FIELD_OF[name]
+    if name != f.row_attrs[0]:
+        return None
+    rule = f.shape[1]
+    if rule.isdigit():
+        return int(rule)
+    return next((np.asarray(v).shape[-1] for v in values if v is not None), 0) or None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -147,8 +147,8 @@ def build_center_targets(gt_boxes: Sequence[np.ndarray | torch.Tensor], gt_label
         per = [_targets_single(np.asarray(torch.as_tensor(b).detach().cpu(), dtype=np.float64).reshape(-1, 9),
                                np.asarray(torch.as_tensor(lab).detach().cpu()).reshape(-1), grid, classes,
                                max_objs, min_overlap, min_radius)
-               for b, lab in zip(gt_boxes, gt_labels)]
-        heat, code, inds, mask = (torch.from_numpy(np.stack(x)).to(device) for x in zip(*per))
+               for b, lab in zip(gt_boxes, gt_labels, strict=True)]
+        heat, code, inds, mask = (torch.from_numpy(np.stack(x)).to(device) for x in zip(*per, strict=True))
         out.append(CenterTargets(heatmap=heat, box_targets=code, indices=inds, mask=mask))
     return out
 
