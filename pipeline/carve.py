@@ -36,7 +36,7 @@ def carve_validation(dataroot: str | os.PathLike[str], out: str | os.PathLike[st
         ValueError: unknown version, or too few training scenes / evaluation names to carve.
         FileExistsError: ``out`` exists and was not written by this function.
     """
-    from nuscenes.utils.splits import create_splits_scenes  # lazy: the devkit pulls cv2
+    from storage.nuscenes_reader import split_scene_names
 
     if version not in SPLIT_PAIRS:
         raise ValueError(f"carve_validation: version {version!r} is not one of {sorted(SPLIT_PAIRS)}")
@@ -45,13 +45,13 @@ def carve_validation(dataroot: str | os.PathLike[str], out: str | os.PathLike[st
     if dst.exists() and not marker.exists():
         raise FileExistsError(f"carve_validation: {dst} exists and is not a carved view (no {marker.name})")
     train_split, val_split = SPLIT_PAIRS[version]
-    splits = create_splits_scenes()
+    splits = {name: set(split_scene_names(name, version)) for name in SPLIT_PAIRS[version]}
     scenes = json.loads((src / version / "scene.json").read_text())
     train = [s for s in scenes if s["name"] in splits[train_split]]
     if not 0 < num_val < len(train):
         raise ValueError(f"carve_validation: {src}: need 0 < num_val < {len(train)} training scenes, got {num_val}")
     used = {s["name"] for s in scenes}
-    free_val_names = [n for n in splits[val_split]]
+    free_val_names = split_scene_names(val_split, version)
     if len(free_val_names) < num_val:
         raise ValueError(f"carve_validation: split {val_split} has only {len(free_val_names)} scene names")
     carved = {s["token"] for s in train[-num_val:]}

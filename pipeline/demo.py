@@ -146,7 +146,7 @@ def generate_data(cfg: DemoConfig) -> Path:
 
     root = cfg.root / "data"
     synth = SynthConfig(num_scenes=cfg.scenes, samples_per_scene=cfg.samples_per_scene, seed=cfg.seed,
-                        image_size=tuple(cfg.image_size), sweeps_per_sample=cfg.unlabelled_per_sample,
+                        image_size=(cfg.image_size[0], cfg.image_size[1]), sweeps_per_sample=cfg.unlabelled_per_sample,
                         camera_sweeps_per_sample=cfg.unlabelled_per_sample)
     stamp = root / "demo_synth_config.json"
     wanted = json.dumps(asdict(synth), sort_keys=True, default=list)
@@ -225,9 +225,12 @@ def train_students(cfg: DemoConfig, dataroot: Path, cache: Path, unlabelled_cach
                              batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, workers=cfg.workers,
                              device=cfg.device, out_dir=str(cfg.root / name / f"seed{seed}"), resume=True,
                              warmup_steps=max(1, cfg.steps // 20), distance_bands=cfg.distance_bands)
-            more = ({"unlabelled_reader": sweeps, "unlabelled_cache": unlabelled_cache}
-                    if name == "student_unlabelled" else {})
-            res = train_student(tc, train, cache if distill else None, eval_reader=val, **more)
+            mixed = name == "student_unlabelled"
+            res = train_student(tc, train, cache if distill else None, eval_reader=val,
+                                unlabelled_reader=sweeps if mixed else None,
+                                unlabelled_cache=unlabelled_cache if mixed else None)
+            if res.metrics is None:
+                raise RuntimeError(f"{name}: the devkit evaluation did not run (mini_val of {dataroot})")
             runs.append(StudentRun(name=name, distill=distill, seed=seed, metrics=res.metrics, loss_log=res.loss_log,
                                    seconds_per_step=res.seconds_per_step, steps=res.steps,
                                    final_losses=res.final_losses))
