@@ -24,7 +24,7 @@ from typing import Any
 
 #: The reference teacher shipped with the project (trained by ``bevkd train-teacher`` on
 #: generated data: see its metadata and teachers/checkpoints/README.md).
-DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "teachers" / "checkpoints" / "centerpoint_demo.pt"
+DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "teachers" / "checkpoints" / "centerpoint_road.pt"
 
 
 @dataclass(frozen=True, kw_only=True)

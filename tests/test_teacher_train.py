@@ -14,9 +14,9 @@ from storage.boxes import count_points_in_boxes
 from teachers.input import TeacherInput
 from teachers.train import TeacherTrainConfig, augment_batch, one_cycle_lr, predict
 
-DEMO_CKPT = Path(__file__).resolve().parents[1] / "teachers" / "checkpoints" / "centerpoint_demo.pt"
+DEMO_CKPT = Path(__file__).resolve().parents[1] / "teachers" / "checkpoints" / "centerpoint_road.pt"
 #: The demo checkpoint must stay above this devkit mAP on generated mini_val (an untrained model scores ~0).
-MAP_FLOOR = 0.05
+MAP_FLOOR = 0.3  # the shipped teacher scores 0.60 on 20 unseen seed-12 samples (teachers/checkpoints/README.md)
 
 
 def test_augmentation_keeps_points_inside_their_boxes():
@@ -56,7 +56,7 @@ def generated_val(tmp_path_factory):
     return root
 
 
-@pytest.mark.skipif(not DEMO_CKPT.exists(), reason="teachers/checkpoints/centerpoint_demo.pt not built")
+@pytest.mark.skipif(not DEMO_CKPT.exists(), reason="teachers/checkpoints/centerpoint_road.pt not built")
 def test_demo_checkpoint_beats_floor_and_untrained(generated_val, tmp_path):
     from storage.nuscenes_eval import evaluate_detections
     from storage.nuscenes_reader import NuScenesReader
@@ -67,7 +67,7 @@ def test_demo_checkpoint_beats_floor_and_untrained(generated_val, tmp_path):
     maps = {}
     for label, ckpt in (("trained", DEMO_CKPT), ("untrained", None)):
         torch.manual_seed(0)
-        model, info = load_teacher("centerpoint", checkpoint=ckpt)
+        model, info = load_teacher("centerpoint_road", checkpoint=ckpt)
         preds = predict(model, samples, batch_size=4)
         maps[label] = evaluate_detections(dataroot=generated_val, version="v1.0-mini", split="mini_val",
                                           predictions=preds, output_dir=tmp_path / label, reader=reader).mAP
@@ -75,17 +75,18 @@ def test_demo_checkpoint_beats_floor_and_untrained(generated_val, tmp_path):
     assert maps["untrained"] < MAP_FLOOR / 5, maps
 
 
-@pytest.mark.skipif(not DEMO_CKPT.exists(), reason="teachers/checkpoints/centerpoint_demo.pt not built")
+@pytest.mark.skipif(not DEMO_CKPT.exists(), reason="teachers/checkpoints/centerpoint_road.pt not built")
 def test_train_teacher_cli_fine_tunes_and_evaluates(generated_val, tmp_path, capsys):
     from pipeline.cli import main
     from teachers.registry import load_teacher
 
     out = tmp_path / "ft.pt"
-    rc = main(["train-teacher", "--dataroot", str(generated_val), "--train-split", "mini_val", "--epochs", "1",
+    rc = main(["train-teacher", "--teacher", "centerpoint_road", "--dataroot", str(generated_val),
+               "--train-split", "mini_val", "--epochs", "1",
                "--batch-size", "4", "--lr", "1e-7", "--max-minutes", "0.01", "--checkpoint", str(DEMO_CKPT),
                "--out", str(out), "--work-dir", str(tmp_path / "work")])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "mAP" in printed and "checkpoint" in printed
     _, info = load_teacher(None, checkpoint=out)
-    assert info.name == "centerpoint" and info.meta["steps"] >= 1 and info.meta["mAP"] > MAP_FLOOR
+    assert info.name == "centerpoint_road" and info.meta["steps"] >= 1 and info.meta["mAP"] > MAP_FLOOR
