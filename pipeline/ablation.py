@@ -66,7 +66,7 @@ class AblationConfig:
     recipes: tuple[str, ...] = tuple(RECIPES)
     seeds: int = 3
     num_val: int = 2
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 2
     lr: float = 1e-3
     student: str = "tiny"

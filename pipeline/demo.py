@@ -57,7 +57,7 @@ class DemoConfig:
     image_size: tuple[int, int] = (480, 270)
     teacher_checkpoint: str | None = None
     student: str = "tiny"
-    steps: int = 1000
+    steps: int = 300
     batch_size: int = 2
     lr: float = 1e-3
     seeds: int = 2

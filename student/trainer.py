@@ -250,6 +250,7 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = c.lr_at(step, self.total)
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.use_amp else None
+        self.wrapper.loss.kd_scale = self.distill.kd_scale(step)
         loss, terms = self.ddp(lb.student_batch(self.device), _batch_targets(lb, self.device, self.online), autocast,
                                lb.labelled if self.mixed else None)
         self.opt.zero_grad(set_to_none=True)

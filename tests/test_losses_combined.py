@@ -181,3 +181,28 @@ def test_depth_bins_come_from_the_student_and_a_mismatch_raises():
     with pytest.raises(ValueError, match="28 bins.*give 112"):
         other(probs, torch.zeros(1, 6, *cfg.feature_size))
     assert torch.isfinite(loss.depth_bce(probs, torch.full((1, 6, *cfg.feature_size), 7.0)))
+
+
+def test_warmup_scales_only_the_distillation_terms():
+    assert [DistillationConfig(warmup_steps=4).kd_scale(s) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+    assert DistillationConfig().kd_scale(0) == 1.0
+    with pytest.raises(ValueError, match="warmup_steps"):
+        DistillationConfig(warmup_steps=-1)
+    cfg, model, loss, out, extra = _setup()
+    targets = TeacherTargets.from_teacher_output(out, **extra)
+    batch = _batch(cfg)
+    model.eval()
+    with torch.no_grad():
+        s = model(batch)
+        full = loss(s, targets, gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels).as_floats()
+        loss.kd_scale = 0.25
+        ramped = loss(s, targets, gt_boxes=batch.gt_boxes, gt_labels=batch.gt_labels).as_floats()
+    loss.kd_scale = 1.0
+    supervised = {"detection_heatmap", "detection_regression", "depth_bce"}
+    assert supervised <= set(full) and len(set(full) - supervised - {"total"}) >= 5
+    for k, v in full.items():
+        if k == "total":
+            continue
+        want = v if k in supervised else 0.25 * v
+        assert ramped[k] == pytest.approx(want, rel=1e-5), k
+    assert ramped["total"] == pytest.approx(sum(v for k, v in ramped.items() if k != "total"), rel=1e-5)

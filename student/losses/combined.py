@@ -71,6 +71,11 @@ class LossBreakdown:
         return out
 
 
+#: Terms that learn from labels (GT or pseudo-labels) and LiDAR depth, not from the teacher's outputs;
+#: the distillation warm-up leaves them at full weight.
+SUPERVISED_TERMS = frozenset({"detection_heatmap", "detection_regression", "depth_bce"})
+
+
 class DistillationLoss(nn.Module):
     """Detection and distillation losses of the student.
 
@@ -91,6 +96,9 @@ class DistillationLoss(nn.Module):
                  student_channels: dict[str, int], head: CenterHead, teacher: TeacherShapes | None = None) -> None:
         super().__init__()
         self.config, self.student_grid, self.teacher = config, student_grid, teacher
+        #: multiplier of every distillation term (not SUPERVISED_TERMS), set per step by the trainer
+        #: from :meth:`DistillationConfig.kd_scale`.
+        self.kd_scale = 1.0
         w = config.weights
         self.detection = DetectionLoss(head)
         self.depth_bce = DepthBCELoss(depth_bins)
@@ -180,6 +188,8 @@ class DistillationLoss(nn.Module):
         self._depth(out, targets, terms)
         self._features(out, targets, gt_boxes, terms)
         self._responses(out, targets, gt_boxes, terms)
+        if self.kd_scale != 1.0:  # warm-up of the distillation terms (DistillationConfig.warmup_steps)
+            terms = {k: v if k in SUPERVISED_TERMS else v * self.kd_scale for k, v in terms.items()}
         zero = out.bev_feature.sum() * 0.0
         return LossBreakdown(total=sum(terms.values(), zero), **terms)
 

@@ -62,6 +62,8 @@ class DistillationConfig:
         unlabelled_pseudo_labels: on unlabelled samples (no annotations, e.g. nuScenes
             non-keyframe sweeps) train detection on the teacher's boxes above
             ``pseudo_label_min_score``; False: no detection loss on them (distillation only).
+        warmup_steps: the distillation terms ramp linearly from 0 to their weight over the first
+            ``warmup_steps`` optimizer steps (detection and depth BCE do not); 0 = no ramp.
         instance_embed_dim / instance_temperature / instance_min_score: InfoNCE settings.
         depth_distill_lidar_only: KL only on image cells with LiDAR depth.
         grl_scale / discriminator_hidden: X-AT settings.
@@ -78,6 +80,7 @@ class DistillationConfig:
     detection_boxes: str = "gt"
     pseudo_label_min_score: float = 0.3
     unlabelled_pseudo_labels: bool = False
+    warmup_steps: int = 0
     instance_embed_dim: int = 128
     instance_temperature: float = 0.07
     instance_min_score: float = 0.3
@@ -86,7 +89,14 @@ class DistillationConfig:
     discriminator_hidden: int = 64
     learnable_adapters: bool = True
 
+    def kd_scale(self, step: int) -> float:
+        """Multiplier of the distillation terms at optimizer step ``step`` (0-based): a linear ramp
+        from 1/warmup_steps to 1 over the first ``warmup_steps`` steps, then 1 (1 throughout when 0)."""
+        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+
     def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"DistillationConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("soft_mask_boxes", "detection_boxes"):
             if getattr(self, name) not in ("gt", "teacher"):
                 raise ValueError(f"DistillationConfig.{name} must be 'gt' or 'teacher', got {getattr(self, name)!r}")
