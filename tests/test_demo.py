@@ -56,5 +56,6 @@ def test_demo_writes_a_report_with_both_students_metrics(tmp_path, ray_session, 
     capsys.readouterr()
     assert main(argv) == 0
     again = json.loads((out / "report" / "summary.json").read_text())
-    assert again["students"]["student_kd"]["NDS"]["per_seed"] == pytest.approx(students["student_kd"]["NDS"]["per_seed"])
+    kd_nds = students["student_kd"]["NDS"]["per_seed"]
+    assert again["students"]["student_kd"]["NDS"]["per_seed"] == pytest.approx(kd_nds)
     assert "dataset: reusing" in capsys.readouterr().out
