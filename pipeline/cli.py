@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
-    from storage.errors import CacheCorruptError, CacheMismatchError, SampleError, UnsafePickleError
+    from storage.errors import CacheCorruptError, CacheMismatchError, CheckpointError, SampleError, UnsafePickleError
 
     user_errors = (FileNotFoundError, NotADirectoryError, CacheMismatchError, CacheCorruptError, SampleError,
-                   UnsafePickleError)
+                   UnsafePickleError, CheckpointError)
     try:
         return int(module.run(args) or 0)
     except user_errors as exc:  # bad input, not a bug: one line, no traceback (BEVKD_DEBUG=1 shows it)

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     j.add_argument("--no-ray", action="store_true",
                    help="run the shards in a plain loop in this process instead of on Ray")
     j.add_argument("--overwrite", action="store_true",
-                   help="replace an existing cache made with another teacher, weights, grid, targets or dataset")
+                   help="replace an existing cache made with another teacher, weights, grid, targets or dataset "
+                        "(only a bevkd cache is ever deleted: any other non-empty --out is refused)")
     j.add_argument("--max-failed-fraction", type=float, default=0.05,
                    help="exit non-zero when more than this fraction of rows failed (default: %(default)s)")
     j.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -72,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from storage.errors import CacheMismatchError
 
     try:
+        if args.overwrite:  # refuse before any work; CacheWriter.create checks again right before deleting
+            from storage.cache import layout, stores
+
+            layout.check_replaceable(stores.open_store(args.out))
         reader = reader_from_args(args)
         config = CacheJobConfig(targets=tuple(args.targets) if args.targets else None, shard_size=args.shard_size,
                                 views=args.views, batch_size=args.batch_size, image_size=tuple(args.image_size),

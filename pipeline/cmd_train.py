@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: CUDA float16 autocast + grad scaling (bfloat16 autocast on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an OUT that already holds a run, replacing its checkpoint and log "
+                             "(without --resume or --overwrite such an OUT is refused)")
     parser.add_argument("--student", choices=("base", "tiny"), default="base",
                         help="base: ResNet-50, 256x704 images (BEVDepth); tiny: the test/CPU model "
                              "(default: %(default)s)")
@@ -80,14 +84,19 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.dataset_args import reader_from_args
     from student.trainer import TrainConfig, train_student
 
+    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--stop-after", args.stop_after)):
+        if value is not None and value < 1:
+            print(f"bevkd train: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return 2
     try:
-        reader = reader_from_args(args)
         config = TrainConfig(student=_student_config(args), no_distill=args.no_distill, epochs=args.epochs,
                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              workers=args.workers, device=args.device, amp=args.amp, out_dir=args.out,
-                             resume=args.resume, checkpoint_every=args.checkpoint_every,
+                             resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                              warmup_steps=args.warmup_steps, stop_after=args.stop_after,
                              unlabelled_pseudo_labels=args.unlabelled_pseudo_labels)
+        reader = reader_from_args(args)
         unlabelled = None
         if args.unlabelled_dataroot:
             from storage.nuscenes_reader import NuScenesReader
@@ -104,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
             print("bevkd train: no --dataroot, skipping the devkit evaluation (an info file has no devkit tables)")
         result = train_student(config, reader, args.cache, eval_reader=eval_reader, unlabelled_reader=unlabelled,
                                unlabelled_cache=args.unlabelled_cache)
-    except (CacheMismatchError, FileNotFoundError, ValueError) as exc:
-        print(f"bevkd train: {exc}")
+    except (CacheMismatchError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"bevkd train: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

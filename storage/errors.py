@@ -59,3 +59,15 @@ class CacheCorruptError(Exception):
     def __reduce__(self) -> tuple[type[CacheCorruptError], tuple[str, str, str, str]]:
         # keep attributes across pickling (DataLoader workers)
         return (CacheCorruptError, (self.sample_token, self.target, self.path, self.problem))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: missing, unreadable, refused by the weights-only loader
+    (it asks to build an object, i.e. to run code), or naming a teacher it may not name.
+
+    The message is one line and starts with ``checkpoint <path>:``.
+    """
+
+
+class NotACacheError(CacheMismatchError):
+    """A location that should hold a bevkd cache holds something else (so it is never deleted)."""

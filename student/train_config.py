@@ -42,6 +42,8 @@ class TrainConfig:
         amp: mixed precision: CUDA float16 autocast with a gradient scaler (CPU: bfloat16 autocast).
         out_dir: checkpoints, logs and evaluation output.
         resume: continue from ``out_dir/checkpoints/last.pt`` when it exists.
+        overwrite: start afresh in an ``out_dir`` that already holds a run (its checkpoint and log
+            are replaced); without it or ``resume`` such a run is refused.
         stop_after: end this invocation after this many steps (checkpointed) without changing the
             run's schedule, e.g. on preemptible machines; a later ``resume`` continues.
         checkpoint_every: also checkpoint every N steps (0: only at epoch ends and the end).
@@ -71,12 +73,23 @@ class TrainConfig:
     amp: bool = False
     out_dir: str = "runs/student"
     resume: bool = False
+    overwrite: bool = False
     stop_after: int | None = None
     checkpoint_every: int = 0
     eval_score_threshold: float = 0.1
     distance_bands: tuple[float, ...] = ()
     unlabelled_pseudo_labels: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a run that cannot take a step (steps, epochs, batch size, stop_after < 1),
+        or for both ``resume`` and ``overwrite``."""
+        for name in ("steps", "epochs", "batch_size", "stop_after"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {value}")
+        if self.resume and self.overwrite:
+            raise ValueError("TrainConfig: resume continues the run in out_dir, overwrite replaces it; give one")
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based) of ``total``."""

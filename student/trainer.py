@@ -28,6 +28,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from storage.checkpoint import load_checkpoint
+from storage.errors import CheckpointError
 from storage.grid import BEVGrid
 from storage.sample import SampleReader
 from student.dataset import Collate, LoaderBatch, MixedDataset, StudentDataset, cache_depth_geometry, open_cache
@@ -138,6 +140,8 @@ def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | o
         storage.errors.CacheMismatchError: the cache's schema version, grid or dataset differ from
             the expected ones, or it lacks a target the enabled losses need (the message says which).
         ValueError: losses need targets nothing provides.
+        FileExistsError: ``config.out_dir`` already holds a run and neither ``resume`` nor ``overwrite``.
+        storage.errors.CheckpointError: the checkpoint to resume is unreadable or asks to run code.
     """
     d = _init_distributed(config.device)
     device = _device(config.device, d.local_rank)
@@ -159,7 +163,8 @@ class _Run:
                  unlabelled: tuple[SampleReader, Any] | None = None) -> None:
         self.config, self.d, self.device = config, d, device
         self.out_dir = Path(config.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
+        _claim_out_dir(self.out_dir, self.ckpt_path, config, d.rank)
         self.online = teacher if (cache_path is None and teacher is not None and not config.no_distill) else None
         if self.online is not None:
             self.online.to(device).eval()
@@ -184,7 +189,6 @@ class _Run:
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.opt = torch.optim.AdamW(self.wrapper.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and device.type == "cuda")
-        self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
         self.position = {"step": 0, "epoch": 0, "batch": 0}
         if config.resume and self.ckpt_path.exists():
             self._load()
@@ -202,7 +206,7 @@ class _Run:
         self.last: dict[str, float] = {}
 
     def _load(self) -> None:
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        state = _read_state(self.ckpt_path, self.device, ("model", "optimizer", "scaler", "position"))
         self.wrapper.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -213,7 +217,8 @@ class _Run:
         if self.d.rank == 0:
             _save(self.ckpt_path, {"model": self.wrapper.state_dict(), "optimizer": self.opt.state_dict(),
                                    "scaler": self.scaler.state_dict(), "position": dict(self.position),
-                                   "config": self.config.to_dict(), "distill": self.distill.to_dict()})
+                                   "config": self.config.to_dict(),  # JSON data: loads weights-only
+                                   "distill": json.loads(json.dumps(self.distill.to_dict()))})
 
     def train(self) -> None:
         from tqdm import tqdm
@@ -326,13 +331,47 @@ def params_sha256(module: nn.Module) -> str:
 
 
 def load_student(checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu") -> StudentModel:
-    """The trained student of a :func:`train_student` checkpoint, in eval mode."""
+    """The trained student of a :func:`train_student` checkpoint, in eval mode.
+
+    Raises:
+        storage.errors.CheckpointError: the file is missing, unreadable, not a student checkpoint,
+            or asks to run code (it is loaded weights-only).
+    """
     from student.config import StudentConfig
 
-    state = torch.load(os.fspath(checkpoint), map_location=device, weights_only=False)
+    state = _read_state(checkpoint, device, ("model", "config"))
     model = StudentModel(StudentConfig.from_dict(state["config"]["student"]))
     model.load_state_dict({k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")})
     return model.to(device).eval()
+
+
+def _claim_out_dir(out_dir: Path, ckpt_path: Path, config: TrainConfig, rank: int) -> None:
+    """Make ``out_dir``, refusing to replace a run already there unless ``resume`` or ``overwrite``
+    (with ``overwrite`` rank 0 removes the old checkpoint, the log is rewritten from step 0).
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a checkpoint or loss log and neither flag is set.
+    """
+    old = [p for p in (ckpt_path, out_dir / "train_log.jsonl") if p.exists()]
+    if old and not (config.resume or config.overwrite):
+        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(map(str, old))}); pass --resume to "
+                              "continue it or --overwrite to replace it, or choose another --out")
+    if config.overwrite and rank == 0:
+        ckpt_path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _read_state(path: str | os.PathLike[str], device: torch.device | str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A :func:`train_student` checkpoint, loaded weights-only (nothing in it runs).
+
+    Raises:
+        storage.errors.CheckpointError: unreadable, refused, or missing one of ``keys``.
+    """
+    state = load_checkpoint(path, map_location=device)
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path}: not a student checkpoint (needs {list(keys)}, has {have})")
+    return state
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -6,7 +6,10 @@ built-in names, ``"package.module:factory"`` names any importable callable retur
 whose ``forward(TeacherInput)`` returns a :class:`teachers.output.TeacherOutput` ("bring your own teacher").
 
 Checkpoint format (``torch.save`` of a dict): ``{"teacher": name, "config": config dict,
-"state_dict": ..., "meta": {...}}``; built-in teachers are rebuilt from ``config``.
+"state_dict": ..., "meta": {...}}``; built-in teachers are rebuilt from ``config``. Checkpoints
+are loaded weights-only, and the name a checkpoint records selects only a registered teacher: a
+``package.module:factory`` is imported only when the caller names it (``--teacher``), never
+because a file says so (STYLE.md §19).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch
 from torch import nn
 
 from storage.cache.schema import TeacherInfo
+from storage.checkpoint import load_checkpoint
+from storage.errors import CheckpointError
 from teachers.config import (CenterPointConfig, centerpoint_config_from_dict, centerpoint_road, centerpoint_tiny,
                              centerpoint_voxel0075, config_to_dict)
 
@@ -124,7 +129,8 @@ def load_teacher(name_or_factory: str | Callable[[], nn.Module] | None = None,
 
     Args:
         name_or_factory: registry name, ``package.module:factory``, a zero-argument callable, or
-            None to take the name stored in ``checkpoint``.
+            None to take the name stored in ``checkpoint`` (a registered name only: a name read
+            from a file is never imported).
         checkpoint: a checkpoint written by :func:`save_checkpoint` (its config rebuilds built-in
             teachers), or a bare state dict file for user modules.
 
@@ -134,9 +140,11 @@ def load_teacher(name_or_factory: str | Callable[[], nn.Module] | None = None,
     Raises:
         ValueError: unknown teacher, a checkpoint for another teacher, or mismatched weights
             (the message names the checkpoint and the first missing/unexpected keys).
+        storage.errors.CheckpointError (a ValueError): the checkpoint is unreadable, asks to run
+            code, or (without ``name_or_factory``) names an unregistered teacher.
     """
     ckpt = _read_checkpoint(checkpoint, map_location) if checkpoint is not None else None
-    name = name_or_factory if name_or_factory is not None else (ckpt or {}).get("teacher")
+    name = name_or_factory if name_or_factory is not None else _stored_name(ckpt, checkpoint)
     if name is None:
         raise ValueError("load_teacher: give a teacher name or a checkpoint that records one")
     if callable(name):
@@ -163,17 +171,29 @@ def load_teacher(name_or_factory: str | Callable[[], nn.Module] | None = None,
 
 
 def _read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any]:
-    try:
-        obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint {path}: file not found") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ValueError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
+    obj = load_checkpoint(path, map_location=map_location)  # weights-only: nothing in the file runs
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"teacher": None, "config": {}, "state_dict": obj, "meta": {}}
-    raise ValueError(f"checkpoint {path}: not a bevkd checkpoint or state dict")
+    raise CheckpointError(f"checkpoint {path}: not a bevkd checkpoint or state dict")
+
+
+def _stored_name(ckpt: dict[str, Any] | None, path: Any) -> str | None:
+    """The teacher name a checkpoint records, if it is a registered one.
+
+    A name read from a file never selects code to import: ``package.module:factory`` (or any
+    other unregistered name) must come from the caller (``--teacher``).
+
+    Raises:
+        storage.errors.CheckpointError: the checkpoint names an unregistered teacher.
+    """
+    stored = (ckpt or {}).get("teacher")
+    if stored is None or (isinstance(stored, str) and stored in TEACHERS):
+        return stored
+    raise CheckpointError(f"checkpoint {path}: names teacher {str(stored)[:100]!r}, which is not registered "
+                          f"({', '.join(TEACHERS)}); a checkpoint's name is never imported, pass --teacher "
+                          "package.module:factory yourself if you trust it")
 
 
 __all__ = ["TEACHERS", "build_teacher", "load_teacher", "save_checkpoint", "weights_sha256"]

@@ -62,7 +62,7 @@ def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, ca
         assert all(term in r for r in log), term
     assert abs(sum(v for k, v in log[0].items() if k not in ("step", "epoch", "lr", "seconds", "tokens", "total"))
                - log[0]["total"]) < 1e-3 * abs(log[0]["total"])
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["position"] == {"step": 2, "epoch": 0, "batch": 2}
     summary = json.loads((out / "eval" / "metrics_summary.json").read_text())
     assert len(summary["mean_dist_aps"]) == 10 and 0.0 <= summary["nd_score"] <= 1.0
@@ -72,7 +72,7 @@ def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, ca
 def test_cli_refuses_a_cache_of_another_split(synth_dataroot, cache, tmp_path, capsys):
     rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_train", "--cache", str(cache),
                "--out", str(tmp_path / "x"), "--steps", "1", "--student", "tiny", "--workers", "0"])
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert rc == 2 and "dataset" in text and "mini_val" in text and "mini_train" in text
 
 
@@ -87,8 +87,8 @@ def test_resume_continues_bit_for_bit(reader, cache, tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4] and a[1]["epoch"] == 0 and a[3]["epoch"] == 1
     assert [r["tokens"] for r in a] == [r["tokens"] for r in b]
     assert [r["total"] for r in a] == [r["total"] for r in b]
-    sa = torch.load(straight.checkpoint, weights_only=False)["model"]
-    sb = torch.load(resumed.checkpoint, weights_only=False)["model"]
+    sa = torch.load(straight.checkpoint, weights_only=True)["model"]
+    sb = torch.load(resumed.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     torch.manual_seed(4)
     fresh = StudentModel(CFG).state_dict()
@@ -122,7 +122,7 @@ def test_ddp_two_cpu_processes_over_gloo_read_their_own_rows_and_agree(synth_dat
     s0 = json.loads((out / "summary.json").read_text())
     s1 = json.loads((out / "summary.rank1.json").read_text())
     assert s0["params_sha256"] == s1["params_sha256"]  # ... yet identical parameters after all-reduced steps
-    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"]
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
     torch.manual_seed(0)
     fresh = StudentModel(CFG).state_dict()
     assert not all(torch.equal(fresh[k], ckpt["model." + k]) for k in fresh)

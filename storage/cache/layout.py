@@ -23,6 +23,7 @@ Arrays whose codecs are not the ones :func:`create_arrays` makes go through Zarr
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from storage.cache._zarr_private import array_codecs, chunk_key
 from storage.cache.codecs import component_codec, components
 from storage.cache.schema import CacheSchema
 from storage.cache.shard_index import ShardIndex, crc32c_suffix
+from storage.errors import NotACacheError
 
 #: Root attribute holding the cache schema.
 ATTR = "bevkd_cache"
@@ -85,6 +87,33 @@ def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict
     if not isinstance(attrs, Mapping):
         raise FileNotFoundError(f"{stores.describe(store)} is a Zarr group but not a bevkd cache (no '{ATTR}')")
     return root, dict(attrs)
+
+
+def is_cache(store: Store) -> bool:
+    """Whether the store's root ``zarr.json`` is a bevkd cache's: a group whose attributes hold
+    :data:`ATTR` (set by :func:`create_arrays`). Never raises for unreadable metadata."""
+    data = stores.get_bytes(store, "zarr.json")
+    try:
+        meta = json.loads(data) if data is not None else None
+    except ValueError:
+        return False
+    attrs = meta.get("attributes") if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+    return isinstance(attrs, Mapping) and isinstance(attrs.get(ATTR), Mapping)
+
+
+def check_replaceable(store: Store) -> None:
+    """Refuse to delete a location unless it is empty, absent or a bevkd cache (:func:`is_cache`).
+
+    Raises:
+        storage.errors.NotACacheError: it holds anything else (the message names one entry).
+        NotADirectoryError: a local location that is a file.
+    """
+    entry = stores.first_entry(store)
+    if entry is None or is_cache(store):
+        return
+    raise NotACacheError(f"{stores.describe(store)} is not a bevkd cache (no '{ATTR}' attributes in its zarr.json; "
+                         f"it holds e.g. {entry!r}): --overwrite replaces only a bevkd cache, nothing was deleted; "
+                         "choose another --out or remove it yourself")
 
 
 def write_samples(store: Store, sample_tokens: list[str]) -> None:

@@ -13,6 +13,7 @@ a dict entry. A reader therefore never sees half a fragment.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,25 @@ def list_prefix(store: Store, prefix: str) -> list[str]:
     async def collect() -> list[str]:
         return [k async for k in store.list_prefix(prefix)]
     return sorted(sync(collect()))
+
+
+def first_entry(store: Store) -> str | None:
+    """One entry (file or folder name) at the store's top level, or None if it is empty or absent.
+
+    Raises:
+        NotADirectoryError: a local location that is a file.
+    """
+    if isinstance(store, LocalStore):
+        root = Path(store.root)
+        if root.is_file():
+            raise NotADirectoryError(f"{root} is a file, not a cache directory")
+        if not root.is_dir():
+            return None
+        with os.scandir(root) as entries:  # also sees empty folders, links, hidden files
+            return next((e.name for e in entries), None)
+
+    async def first() -> str | None:
+        async for key in store.list_dir(""):
+            return key
+        return None
+    return sync(first())

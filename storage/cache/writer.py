@@ -116,6 +116,8 @@ class CacheWriter:
         Raises:
             ValueError: token count mismatch or duplicate tokens.
             zarr.errors.ContainsGroupError / ContainsArrayError: a cache exists and not ``overwrite``.
+            storage.errors.NotACacheError: ``overwrite`` and the location holds something other
+                than a bevkd cache (nothing is deleted).
         """
         tokens = [str(t) for t in sample_tokens]
         if len(tokens) * schema.views != schema.num_rows or len(set(tokens)) != len(tokens):
@@ -123,6 +125,7 @@ class CacheWriter:
                              f"must equal schema.num_rows {schema.num_rows}")
         store = stores.open_store(location, storage_options=storage_options)
         if overwrite:
+            layout.check_replaceable(store)  # only ever delete a bevkd cache
             sync(store.delete_dir(""))
         root = layout.create_arrays(store, schema, overwrite=overwrite)
         layout.write_samples(store, tokens)
