@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="init, data order and augmentation seed (default: %(default)s)")
     parser.add_argument("--no-distill", action="store_true",
                         help="detection + depth loss only (the no-distillation baseline)")
+    parser.add_argument("--recipe", choices=("ablated", "all"), default="ablated",
+                        help="distillation terms when --config sets none: 'ablated' = the winner of bevkd ablate "
+                             "(BEV-LGKD masked feature imitation, docs/ablation.md); 'all' = every term the cache "
+                             "allows at weight 1 (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2,
                         help="DataLoader worker processes per rank (default: %(default)s)")
     parser.add_argument("--device", default="auto",
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"bevkd train: {flag} must be at least 1, got {value}", file=sys.stderr)
             return 2
     try:
-        config = TrainConfig(student=_student_config(args), no_distill=args.no_distill, epochs=args.epochs,
+        config = TrainConfig(student=_student_config(args), no_distill=args.no_distill, recipe=args.recipe,
+                             epochs=args.epochs,
                              steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              workers=args.workers, device=args.device, amp=args.amp, out_dir=args.out,
                              resume=args.resume, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,

@@ -28,6 +28,7 @@ class TrainConfig:
     Attributes:
         student: the student model.
         distill: loss weights/settings; None picks :func:`default_distillation` for the targets at hand.
+        recipe: which :func:`default_distillation` recipe (``ablated`` or ``all``) when ``distill`` is None.
         no_distill: train on detection (+ BEVDepth depth loss) only, ignoring any teacher.
         data: augmentation and depth-target settings of the loader.
         epochs: passes over the data (ignored once ``steps`` is reached).
@@ -59,6 +60,7 @@ class TrainConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillationConfig | None = None
     no_distill: bool = False
+    recipe: str = "ablated"
     data: DataConfig = field(default_factory=DataConfig)
     epochs: int = 1
     steps: int | None = None
@@ -152,16 +154,38 @@ def required_targets(cfg: DistillationConfig) -> list[str]:
     return sorted(need)
 
 
-def default_distillation(spec: TeacherShapes | None, available: set[str]) -> DistillationConfig:
-    """Detection + BEVDepth depth loss, plus every distillation term whose targets are available:
-    BEVDistill dense (§3.2) and instance (§3.3), BEV-LGKD feature, X3KD heatmap, UniDistill keypoints."""
+#: Recipes :func:`default_distillation` knows: ``ablated`` is the winner of ``bevkd ablate`` on
+#: validation scenes carved from the demo's training split (docs/ablation.md); ``all`` switches on
+#: every term whose targets are available (the earlier default, worse in that ablation).
+RECIPE_NAMES = ("ablated", "all")
+
+
+def default_distillation(spec: TeacherShapes | None, available: set[str], recipe: str = "ablated"
+                         ) -> DistillationConfig:
+    """Detection + BEVDepth depth loss (weight 3), plus the distillation terms of ``recipe``.
+
+    ``ablated``: BEV-LGKD foreground x view masked feature imitation alone (weight 1), the only
+    single term whose mean mAP change over no distillation was positive in docs/ablation.md
+    (BEVDistill dense when the cache has no masks). ``all``: BEVDistill dense (§3.2) and instance
+    (§3.3), BEV-LGKD feature, X3KD heatmap and UniDistill keypoints, each at 1 (instance 0.5).
+
+    Raises:
+        ValueError: unknown ``recipe``.
+    """
+    if recipe not in RECIPE_NAMES:
+        raise ValueError(f"default_distillation: recipe must be one of {RECIPE_NAMES}, got {recipe!r}")
     if spec is None or not spec.bev_channels:
         return DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0))
     feat = "neck" if "neck" in spec.bev_channels else sorted(spec.bev_channels)[0]
     def has(*names: str) -> bool:
         return all(n in available for n in names)
 
-    w = LossWeights(depth_bce=3.0 if has("lidar_depth") else 0.0, dense_feature=1.0,
+    depth = 3.0 if has("lidar_depth") else 0.0
+    if recipe == "ablated":
+        masks = has("fg_mask", "view_mask")
+        w = LossWeights(depth_bce=depth, lgkd_feature=1.0 if masks else 0.0, dense_feature=0.0 if masks else 1.0)
+        return DistillationConfig(weights=w, feature_teacher=feat)
+    w = LossWeights(depth_bce=depth, dense_feature=1.0,
                     lgkd_feature=1.0 if has("fg_mask", "view_mask") else 0.0,
                     heatmap=1.0 if has("heatmap") else 0.0, keypoint_response=1.0 if has("heatmap") else 0.0,
                     instance=0.5 if has("instance_features", "boxes") and spec.instance_channels else 0.0)
@@ -193,7 +217,7 @@ def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, t
         spec = None
         distill = DistillationConfig(weights=LossWeights(depth_bce=3.0 if "lidar_depth" in available else 0.0))
     else:
-        distill = config.distill or default_distillation(spec, available)
+        distill = config.distill or default_distillation(spec, available, config.recipe)
         if config.unlabelled_pseudo_labels:
             distill = replace(distill, unlabelled_pseudo_labels=True)
     need = required_targets(distill)
@@ -205,4 +229,5 @@ def choose_targets(config: TrainConfig, reader: SampleReader, cache_path: Any, t
     return cache, spec, distill, need
 
 
-__all__ = ["TrainConfig", "TrainResult", "choose_targets", "default_distillation", "required_targets"]
+__all__ = ["RECIPE_NAMES", "TrainConfig", "TrainResult", "choose_targets", "default_distillation",
+           "required_targets"]

@@ -52,7 +52,8 @@ def _log(path: Path) -> list[dict]:
 def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, cache, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--cache", str(cache),
-               "--out", str(out), "--steps", "2", "--batch-size", "2", "--student", "tiny", "--workers", "1"])
+               "--out", str(out), "--steps", "2", "--batch-size", "2", "--student", "tiny", "--workers", "1",
+               "--recipe", "all"])
     text = capsys.readouterr().out
     assert rc == 0, text
     log = _log(out / "train_log.jsonl")
@@ -96,7 +97,8 @@ def test_resume_continues_bit_for_bit(reader, cache, tmp_path):
 
 
 def test_online_teacher_and_no_distill_amp_runs(reader, teacher, tmp_path):
-    online = train_student(TrainConfig(student=CFG, steps=1, batch_size=2, progress=False, out_dir=str(tmp_path / "o")),
+    online = train_student(TrainConfig(student=CFG, steps=1, batch_size=2, progress=False, out_dir=str(tmp_path / "o"),
+                                       recipe="all"),
                            reader, None, teacher=teacher)
     assert {"dense_feature", "heatmap", "lgkd_feature", "depth_bce"} <= set(online.final_losses)
     plain = train_student(TrainConfig(student=CFG, steps=1, batch_size=2, progress=False, no_distill=True, amp=True,
@@ -142,5 +144,6 @@ def test_trains_from_a_cache_written_by_the_cache_job(synth_dataroot, tmp_path, 
     rc = main(["train", *data, "--cache", str(cache), "--out", str(out), "--steps", "2", "--student", "tiny",
                "--workers", "0", "--no-eval"])
     assert rc == 0, capsys.readouterr().out
-    log = _log(out / "train_log.jsonl")
-    assert len(log) == 2 and all(r["dense_feature"] > 0 and r["depth_bce"] > 0 for r in log)
+    log = _log(out / "train_log.jsonl")  # the default (ablated) recipe: BEV-LGKD feature imitation + depth
+    assert len(log) == 2 and all(r["lgkd_feature"] > 0 and r["depth_bce"] > 0 for r in log)
+    assert not any("dense_feature" in r or "heatmap" in r for r in log)
