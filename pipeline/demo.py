@@ -29,7 +29,7 @@ DEFAULT_TEACHER = Path(__file__).resolve().parents[1] / "teachers" / "checkpoint
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig:
-    """Scale of the demo. Defaults finish within ~15 minutes on a 2-core CPU.
+    """Scale of the demo. Defaults take ~15 minutes on an idle 2-core CPU (plus ~2.5 min of install).
 
     Args:
         out_dir: everything goes here (data, cache, students, report).
