@@ -26,7 +26,7 @@ def test_real_keyframe_cache_train_show(tmp_path, keyframe_info, artefacts, caps
     assert row.fg_mask is not None and row.fg_mask.any()
 
     assert main(["train", *data, "--cache", str(cache), "--out", str(run), "--steps", "2", "--student", "tiny",
-                 "--no-eval", "--workers", "0", "--batch-size", "1"]) == 0
+                 "--no-eval", "--workers", "0", "--batch-size", "1", "--recipe", "all"]) == 0
     steps = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert len(steps) == 2
     distill_terms = {"dense_feature", "heatmap"}

@@ -165,7 +165,7 @@ def _steps(path: Path) -> list[dict]:
 def test_training_on_labelled_and_unlabelled_masks_detection_on_unlabelled_rows(caches, tmp_path):
     keys, key_cache, sweeps, sweep_cache = caches
     unlabelled = set(sweeps.sample_tokens)
-    config = TrainConfig(student=CFG, epochs=1, batch_size=2, progress=False, out_dir=str(tmp_path / "m"))
+    config = TrainConfig(student=CFG, epochs=1, batch_size=2, progress=False, out_dir=str(tmp_path / "m"), recipe="all")
     result = train_student(config, keys, key_cache, unlabelled_reader=sweeps, unlabelled_cache=sweep_cache)
     log = _steps(result.loss_log)
     assert result.steps == (len(keys) + len(sweeps)) // 2 == len(log)
