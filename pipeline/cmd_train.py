@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detection + depth loss only (the no-distillation baseline)")
     parser.add_argument("--recipe", choices=("ablated", "all"), default="ablated",
                         help="distillation terms when --config sets none: 'ablated' = the winner of bevkd ablate "
-                             "(BEV-LGKD masked feature imitation, docs/ablation.md); 'all' = every term the cache "
+                             "(BEVDistill instance distillation, docs/ablation.md); 'all' = every term the cache "
                              "allows at weight 1 (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2,
                         help="DataLoader worker processes per rank (default: %(default)s)")
