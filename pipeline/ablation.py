@@ -129,22 +129,19 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
 
 
-def _stat(v: list[float]) -> tuple[float, float]:
-    m = sum(v) / len(v)
-    return m, ((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0)
-
-
 def markdown_table(results: dict[str, dict[int, dict[str, Any]]], base: str = "no_kd") -> str:
     """One row per recipe: NDS, mAP (mean ± std over seeds) and the per-seed difference to ``base``."""
+    from pipeline.report import mean_std
+
     lines = ["| recipe | seeds | NDS | mAP | ΔNDS vs no KD | ΔmAP vs no KD |", "|---|---|---|---|---|---|"]
     ref = results.get(base, {})
     for name, by_seed in results.items():
         seeds = sorted(by_seed)
-        nds, map_ = _stat([by_seed[s]["NDS"] for s in seeds]), _stat([by_seed[s]["mAP"] for s in seeds])
+        nds, map_ = mean_std([by_seed[s]["NDS"] for s in seeds]), mean_std([by_seed[s]["mAP"] for s in seeds])
         common = [s for s in seeds if s in ref]
         if name != base and common:
-            dn = _stat([by_seed[s]["NDS"] - ref[s]["NDS"] for s in common])
-            dm = _stat([by_seed[s]["mAP"] - ref[s]["mAP"] for s in common])
+            dn = mean_std([by_seed[s]["NDS"] - ref[s]["NDS"] for s in common])
+            dm = mean_std([by_seed[s]["mAP"] - ref[s]["mAP"] for s in common])
             delta = f"{dn[0]:+.4f} ± {dn[1]:.4f} | {dm[0]:+.4f} ± {dm[1]:.4f}"
         else:
             delta = "— | —"

@@ -49,14 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DataLoader workers per student (default: %(default)s)")
 
 
-def _pm(values: list[float]) -> str:
-    m = sum(values) / len(values)
-    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return f"{m:.4f} ± {sd:.4f}"
-
-
 def run(args: argparse.Namespace) -> int:
     from pipeline.demo import DemoConfig, run_demo
+    from pipeline.report import format_mean_std
 
     cfg = DemoConfig(out_dir=args.out, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed,
                      teacher_checkpoint=args.teacher_checkpoint, student=args.student, steps=args.steps,
@@ -70,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for name in res.names:
         nds = [r.metrics.NDS for r in res.runs_of(name)]
         maps = [r.metrics.mAP for r in res.runs_of(name)]
-        print(f"{name:<18} NDS {_pm(nds)}  mAP {_pm(maps)}  ({len(nds)} seeds)")
+        print(f"{name:<18} NDS {format_mean_std(nds)}  mAP {format_mean_std(maps)}  ({len(nds)} seeds)")
     for name, what in (("student_kd", "distillation"), ("student_unlabelled", "distillation + unlabelled frames")):
         if name in res.names:
             g = res.gain(name)

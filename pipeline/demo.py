@@ -112,26 +112,18 @@ class DemoResult:
         there are several, else 0) and the per-seed values."""
         a, b = {r.seed: r for r in self.runs_of(name)}, {r.seed: r for r in self.runs_of(base)}
         seeds = sorted(set(a) & set(b))
+        from pipeline.report import mean_std
+
         nds = [a[k].metrics.NDS - b[k].metrics.NDS for k in seeds]
         map_ = [a[k].metrics.mAP - b[k].metrics.mAP for k in seeds]
-        return {"nds_mean": _mean(nds), "nds_std": _std(nds), "map_mean": _mean(map_), "map_std": _std(map_),
+        (nds_mean, nds_std), (map_mean, map_std) = mean_std(nds), mean_std(map_)
+        return {"nds_mean": nds_mean, "nds_std": nds_std, "map_mean": map_mean, "map_std": map_std,
                 "seeds": seeds, "nds": nds, "map": map_}
 
     @property
     def nds_gain(self) -> float:
         """Mean over seeds of the KD - no-KD NDS difference."""
         return float(self.gain("student_kd")["nds_mean"])
-
-
-def _mean(v: list[float]) -> float:
-    return float(sum(v) / len(v)) if v else float("nan")
-
-
-def _std(v: list[float]) -> float:
-    if len(v) < 2:
-        return 0.0
-    m = _mean(v)
-    return float((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5)
 
 
 def _log(msg: str) -> None:

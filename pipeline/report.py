@@ -60,16 +60,17 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def _stat(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) of per-seed figures."""
     import numpy as np
 
     a = np.asarray(values, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def _pm(values: list[float], digits: int = 4) -> str:
-    m, sd = _stat(values)
+def format_mean_std(values: list[float], digits: int = 4) -> str:
+    """``"0.1234 ± 0.0056"`` of :func:`mean_std`."""
+    m, sd = mean_std(values)
     return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
@@ -79,11 +80,11 @@ def student_stats(result: Any, name: str) -> dict[str, Any]:
     m = [r.metrics for r in runs]
 
     def stat(values: list[float]) -> dict[str, Any]:
-        mean, sd = _stat(values)
+        mean, sd = mean_std(values)
         return {"mean": mean, "std": sd, "per_seed": values}
     bands = list(m[0].band_ap) if m and m[0].band_ap else []
     return {"distill": runs[0].distill, "seeds": [r.seed for r in runs], "steps": runs[0].steps,
-            "seconds_per_step": _stat([r.seconds_per_step for r in runs])[0],
+            "seconds_per_step": mean_std([r.seconds_per_step for r in runs])[0],
             "NDS": stat([x.NDS for x in m]), "mAP": stat([x.mAP for x in m]),
             "per_class_ap": {c: stat([x.per_class_ap.get(c, float("nan")) for x in m]) for c in NUSCENES_CLASSES},
             "tp_errors": {e: stat([x.tp_errors.get(e, float("nan")) for x in m]) for e in TP_ERRORS},
@@ -99,7 +100,7 @@ def _metrics_table(result: Any) -> str:
     head = ["metric (mean ± std over seeds)"] + names
 
     def row(label: str, get: Any, digits: int = 4) -> list[Any]:
-        return [label] + [_pm([get(r.metrics) for r in runs[n]], digits) for n in names]
+        return [label] + [format_mean_std([get(r.metrics) for r in runs[n]], digits) for n in names]
     rows = [row("NDS", lambda m: m.NDS), row("mAP", lambda m: m.mAP)]
     bands = list(runs[names[0]][0].metrics.band_ap) if runs[names[0]][0].metrics.band_ap else []
     rows += [row(f"mAP {b}", lambda m, b=b: m.band_ap[b]) for b in bands]
@@ -107,7 +108,7 @@ def _metrics_table(result: Any) -> str:
     rows += [row(f"AP {c}", lambda m, c=c: m.per_class_ap.get(c, float("nan"))) for c in NUSCENES_CLASSES]
     rows.append(["seeds"] + [", ".join(str(r.seed) for r in runs[n]) for n in names])
     rows.append(["steps"] + [runs[n][0].steps for n in names])
-    rows.append(["s/step"] + [f"{_stat([r.seconds_per_step for r in runs[n]])[0]:.3f}" for n in names])
+    rows.append(["s/step"] + [f"{mean_std([r.seconds_per_step for r in runs[n]])[0]:.3f}" for n in names])
     return _table(head, rows)
 
 
@@ -139,7 +140,7 @@ def plot_band_gain(result: Any, out: Path) -> Path | None:
     width = 0.8 / len(names)
     x = np.arange(len(bands))
     for i, n in enumerate(names):
-        stats = [_stat([r.metrics.band_ap[b] for r in result.runs_of(n)]) for b in bands]
+        stats = [mean_std([r.metrics.band_ap[b] for r in result.runs_of(n)]) for b in bands]
         ax.bar(x + i * width, [m for m, _ in stats], width, yerr=[sd for _, sd in stats], label=n, capsize=3)
     ax.set_xticks(x + width * (len(names) - 1) / 2, bands)
     ax.set_ylabel("devkit mAP in band")
@@ -151,7 +152,7 @@ def plot_band_gain(result: Any, out: Path) -> Path | None:
             continue
         diffs = [[r.metrics.band_ap[b] - base[r.seed].metrics.band_ap[b] for r in result.runs_of(n) if r.seed in base]
                  for b in bands]
-        stats = [_stat(d) for d in diffs]
+        stats = [mean_std(d) for d in diffs]
         ax2.errorbar(x, [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o", capsize=3, label=n)
     ax2.axhline(0.0, color="k", lw=0.6)
     ax2.set_xticks(x, bands)
