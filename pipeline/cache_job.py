@@ -8,6 +8,11 @@ broken (missing file, truncated point cloud, bad JPEG, NaN points) becomes a fai
 reason; the rest of the shard is written. :mod:`pipeline.ray_runner` only schedules these units;
 :func:`run_loop` runs them in a plain loop (tests, benchmarks, debugging).
 
+Overlap (``CacheJobConfig.prefetch``, :mod:`pipeline.prefetch`): background threads read, check
+and prepare samples (LiDAR depth, ``fg_mask``, ``view_mask``, view augmentation) while the teacher
+runs in its own thread one batch ahead of the caller, which builds and encodes the previous batch's
+rows; the rows, their order, failures and checksums are those of the sequential run.
+
 Views (``--views K``): row ``view 0`` is the plain sample; views ``1..K`` are BEV augmentations
 (BEVDet §3.3) drawn by :class:`storage.bev_augment.ViewAugmentConfig` from a seed, the sample token and the view
 index, so a rerun draws the same matrices. Points, GT boxes and ``lidar_from_cam`` are moved by
@@ -19,6 +24,7 @@ augmentation (images are untouched) and are computed once per sample.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.prefetch import ordered_map
 from storage.bev_augment import ViewAugmentConfig
 from storage.boxes import transform_boxes
 from storage.cache import CacheRow, CacheWriter, Codec, RowResult, manifest
@@ -66,6 +73,10 @@ class CacheJobConfig:
         codecs: target name or field name -> codec overriding the field's default (recorded in
             the schema's target specs).
         torch_threads: ``torch.set_num_threads`` in each worker (Ray sets OMP threads to 1).
+        prefetch: batches read, checked and prepared ahead of the teacher in ``prefetch``
+            background threads, the teacher running one batch ahead of row building, encoding
+            and writing (:func:`shard_rows`); 0 runs the stages one after the other. Operational:
+            the stored rows are the same for every value (not recorded in the cache).
     """
 
     targets: tuple[str, ...] | None = None
@@ -81,12 +92,15 @@ class CacheJobConfig:
     augment: ViewAugmentConfig = field(default_factory=ViewAugmentConfig)
     codecs: dict[str, Codec] = field(default_factory=dict)
     torch_threads: int = 1
+    prefetch: int = 0
 
     def __post_init__(self) -> None:
         if self.image_check not in IMAGE_CHECKS:
             raise ValueError(f"CacheJobConfig.image_check must be one of {IMAGE_CHECKS}, got {self.image_check!r}")
         if self.shard_size < 1 or self.views < 0 or self.batch_size < 1 or self.depth_stride < 1:
             raise ValueError("CacheJobConfig: shard_size, batch_size, depth_stride must be >= 1 and views >= 0")
+        if self.prefetch < 0:
+            raise ValueError(f"CacheJobConfig.prefetch must be >= 0, got {self.prefetch}")
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
 
@@ -120,7 +134,9 @@ class ShardResult:
         nbytes: compressed bytes per target written for this shard.
         errors: reasons of the failed rows (``sample <token> ...: <field> <problem> at <path>``).
         times: stage times of this shard.
-        skipped: the shard was already committed (resume); nothing was written.
+        skipped: the shard was already committed (resume); no new shard was written (its failed
+            rows may have been retried: ``retried``).
+        retried: failed rows of the committed shard computed again (:func:`process_shard`).
     """
 
     shard_index: int
@@ -130,6 +146,7 @@ class ShardResult:
     errors: tuple[str, ...] = ()
     times: StageTimes = field(default_factory=StageTimes)
     skipped: bool = False
+    retried: int = 0
 
     @property
     def rows(self) -> int:
@@ -200,12 +217,44 @@ def teacher_forward(teacher: nn.Module, views: Sequence[Sample], image_size: tup
 
 @dataclass(kw_only=True, eq=False)
 class _Pending:
-    """One row waiting for the teacher: the augmented sample and what the row needs besides."""
+    """One row waiting for the teacher: the augmented sample and what the row needs besides
+    (its network-free targets, built ahead in the prefetch stage)."""
 
     view: Sample
     index: int
     matrix: np.ndarray
     lidar_depth: np.ndarray | None
+    masks: CacheRow | None = None
+
+
+@dataclass(kw_only=True, eq=False)
+class _Forwarded:
+    """The teacher's output on some pending rows, or why the forward failed (one row then)."""
+
+    items: list[_Pending]
+    output: TeacherOutput | None = None
+    error: str | None = None
+
+
+@dataclass(kw_only=True, eq=False)
+class _Step:
+    """One step of a shard's pipeline, in row order: rows that failed before the teacher, or one
+    teacher batch (``forwarded`` and ``teacher_s`` filled by the teacher stage)."""
+
+    failed: list[RowResult] = field(default_factory=list)
+    batch: list[_Pending] = field(default_factory=list)
+    forwarded: list[_Forwarded] = field(default_factory=list)
+    teacher_s: float = 0.0
+
+
+@dataclass(kw_only=True, eq=False)
+class _Prepared:
+    """One sample after the prefetch stage: its pending rows, or its failed rows; stage seconds."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    failed: list[RowResult] = field(default_factory=list)
+    read_s: float = 0.0
+    targets_s: float = 0.0
 
 
 def _failed_rows(sample_token: str, views: Sequence[int], reason: str, config: CacheJobConfig) -> list[RowResult]:
@@ -213,31 +262,46 @@ def _failed_rows(sample_token: str, views: Sequence[int], reason: str, config: C
                       error=reason) for v in views]
 
 
-def _flush(teacher: nn.Module, items: list[_Pending], writer: CacheWriter, config: CacheJobConfig,
-           times: StageTimes) -> list[RowResult]:
-    """Teacher forward on ``items`` plus their LiDAR targets. A batch whose forward raises is
-    retried sample by sample so one bad sample fails alone (its reason: the exception)."""
+def _forward(teacher: nn.Module, items: list[_Pending], config: CacheJobConfig) -> tuple[list[_Forwarded], float]:
+    """Teacher forward on ``items`` and its seconds. A batch whose forward raises is retried
+    sample by sample so one bad sample fails alone (its reason: the exception)."""
     t0 = time.perf_counter()
     try:
         out = teacher_forward(teacher, [it.view for it in items], config.teacher_image_size)
     except (SampleError, RuntimeError, ValueError, IndexError, TypeError) as exc:
-        times.teacher += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
         if len(items) > 1:
-            return [r for it in items for r in _flush(teacher, [it], writer, config, times)]
+            parts = [_forward(teacher, [it], config) for it in items]
+            return [f for fs, _ in parts for f in fs], spent + sum(s for _, s in parts)
         it = items[0]
         reason = str(exc) if isinstance(exc, SampleError) else (
             f"sample {it.view.sample_token} view {it.index}: teacher failed ({type(exc).__name__}: {exc})")
-        return _failed_rows(it.view.sample_token, [it.index], reason, config)
-    times.teacher += time.perf_counter() - t0
+        return [_Forwarded(items=items, error=reason)], spent
+    return [_Forwarded(items=items, output=out)], time.perf_counter() - t0
+
+
+def _rows(fwd: _Forwarded, writer: CacheWriter, config: CacheJobConfig, times: StageTimes) -> list[RowResult]:
+    """The rows of a forwarded batch: the teacher's targets plus the network-free ones."""
+    if fwd.output is None:
+        it = fwd.items[0]
+        return _failed_rows(it.view.sample_token, [it.index], fwd.error or "teacher failed", config)
+    out = fwd.output
     if not out.bev_grid.same_as(writer.schema.grid):
         raise ValueError(f"teacher output grid {out.bev_grid.to_dict()} differs from the cache grid "
                          f"{writer.schema.grid.to_dict()}")
     t0 = time.perf_counter()
     wanted = {s.name for s in writer.schema.targets}
     rows = []
-    for j, it in enumerate(items):
-        row = job_row(out, it.view, config, index=j, view_matrix=it.matrix, lidar_targets=wanted,
-                      lidar_depth=it.lidar_depth)
+    for j, it in enumerate(fwd.items):
+        ahead = {n for n in _AHEAD if it.masks is not None and getattr(it.masks, n) is not None}
+        try:
+            row = job_row(out, it.view, config, index=j, view_matrix=it.matrix, lidar_targets=wanted - ahead,
+                          lidar_depth=it.lidar_depth)
+        except Exception as exc:  # noqa: BLE001 - one sample's unusable input fails its row only
+            rows += _failed_rows(it.view.sample_token, [it.index], _read_failure(it.view.sample_token, exc), config)
+            continue
+        for n in ahead:
+            setattr(row, n, getattr(it.masks, n))
         rows.append(RowResult(sample_token=it.view.sample_token, view=it.index, scene=it.view.scene,
                               timestamp_us=it.view.timestamp_us, view_matrix=it.matrix, targets=row,
                               labelled=it.view.labelled))
@@ -255,36 +319,111 @@ def _grouped(rows: Sequence[tuple[str, int]]) -> list[tuple[str, list[int]]]:
     return out
 
 
-def shard_rows(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, shard_index: int,
-               config: CacheJobConfig, times: StageTimes) -> Iterator[RowResult]:
-    """The :class:`RowResult` of every row of a shard, in row order, produced batch by batch
-    (so only encoded rows stay in memory); stage times are added to ``times``."""
-    wanted = {s.name for s in writer.schema.targets}
-    pending: list[_Pending] = []
-    for token, views in _grouped(writer.shard_rows(shard_index)):
-        t0 = time.perf_counter()
-        try:
+def _read_failure(token: str, exc: Exception) -> str:
+    """The reason of a row whose sample could not be read or used: a :class:`SampleError` as is;
+    any other exception (a malformed table row, a dangling token, a broken calibration) with its type."""
+    if isinstance(exc, SampleError):
+        return str(exc)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"sample {token}: unusable input ({type(exc).__name__}: {first})"
+
+
+#: Network-free targets built in the prefetch stage, before the teacher runs (``fg_mask`` only for
+#: labelled samples: an unlabelled one takes its boxes from the teacher).
+_AHEAD = ("fg_mask", "view_mask")
+
+
+def _prepare(sample: Sample, views: Sequence[int], writer: CacheWriter, config: CacheJobConfig,
+             wanted: set[str]) -> list[_Pending]:
+    """The pending rows of a sample's views (camera-frame ``lidar_depth`` computed once; the
+    view's ``fg_mask`` / ``view_mask`` built by :func:`job_row` without the teacher)."""
+    grid = writer.schema.grid
+    depth = None  # camera frame: the same for every view of the sample
+    if "lidar_depth" in wanted:
+        depth = job_row(None, sample, config, bev_grid=grid, lidar_targets=("lidar_depth",)).lidar_depth
+    ahead = {n for n in _AHEAD if n in wanted and (sample.labelled or n != "fg_mask")}
+    out = []
+    for v in views:
+        m = config.augment.matrix(sample.sample_token, v)
+        view = augment_sample(sample, m)
+        masks = job_row(None, view, config, bev_grid=grid, view_matrix=m, lidar_targets=ahead) if ahead else None
+        out.append(_Pending(view=view, index=v, matrix=m, lidar_depth=depth, masks=masks))
+    return out
+
+
+def _read_prepare(reader: SampleReader, token: str, views: list[int], writer: CacheWriter, config: CacheJobConfig,
+                  wanted: set[str], read_lock: threading.Lock) -> _Prepared:
+    """Read one sample, check its images and prepare its rows (the prefetch stage's unit; runs in
+    a background thread when ``config.prefetch``). ``reader.read`` runs under ``read_lock``
+    (readers are not promised to be thread-safe); image checks and preparing run in parallel. A
+    sample whose reading or preparing raises fails only its rows, with the reason."""
+    t0 = time.perf_counter()
+    try:
+        with read_lock:
             sample = reader.read(token)
-            check_images(sample, config.image_check)
-        except SampleError as exc:
-            times.read += time.perf_counter() - t0
-            yield from _failed_rows(token, views, str(exc), config)
-            continue
-        times.read += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        depth = None  # camera frame: the same for every view of the sample
-        if "lidar_depth" in wanted:
-            depth = job_row(None, sample, config, bev_grid=writer.schema.grid,
-                            lidar_targets=("lidar_depth",)).lidar_depth
-        for v in views:
-            m = config.augment.matrix(token, v)
-            pending.append(_Pending(view=augment_sample(sample, m), index=v, matrix=m, lidar_depth=depth))
-        times.targets += time.perf_counter() - t0
-        while len(pending) >= config.batch_size:
-            yield from _flush(teacher, pending[:config.batch_size], writer, config, times)
-            pending = pending[config.batch_size:]
+        check_images(sample, config.image_check)
+    except Exception as exc:  # noqa: BLE001 - one bad sample (file or table row) fails its rows only
+        return _Prepared(failed=_failed_rows(token, views, _read_failure(token, exc), config),
+                         read_s=time.perf_counter() - t0)
+    read_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    try:
+        pending = _prepare(sample, views, writer, config, wanted)
+    except Exception as exc:  # noqa: BLE001 - bad calibration etc.: the sample's rows fail, not the shard
+        return _Prepared(failed=_failed_rows(token, views, _read_failure(token, exc), config), read_s=read_s,
+                         targets_s=time.perf_counter() - t0)
+    return _Prepared(pending=pending, read_s=read_s, targets_s=time.perf_counter() - t0)
+
+
+def _steps(prepared: Iterator[_Prepared], batch_size: int, times: StageTimes) -> Iterator[_Step]:
+    """Failed rows as soon as they are known, pending rows in batches of ``batch_size`` (the last
+    one shorter), in the order of the sequential job; the prefetch stage's seconds go to ``times``."""
+    pending: list[_Pending] = []
+    for p in prepared:
+        times.read += p.read_s
+        times.targets += p.targets_s
+        if p.failed:
+            yield _Step(failed=p.failed)
+        pending += p.pending
+        while len(pending) >= batch_size:
+            yield _Step(batch=pending[:batch_size])
+            pending = pending[batch_size:]
     if pending:
-        yield from _flush(teacher, pending, writer, config, times)
+        yield _Step(batch=pending)
+
+
+def shard_rows(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, shard_index: int,
+               config: CacheJobConfig, times: StageTimes, only: Sequence[tuple[str, int]] | None = None
+               ) -> Iterator[RowResult]:
+    """The :class:`RowResult` of every row of a shard (or of the rows ``only``), produced batch by
+    batch (so only encoded rows stay in memory); stage times are added to ``times`` (with
+    ``config.prefetch`` the stages overlap, so their sum exceeds the wall time). A sample whose
+    reading raises fails only its rows, with the reason.
+
+    With ``config.prefetch = N > 0`` the stages overlap (:func:`pipeline.prefetch.ordered_map`):
+    N threads read, check and prepare up to N batches ahead, and the teacher runs one batch
+    ahead of the caller, which builds the rows of the previous batch and encodes them. The rows,
+    their order, failures and values are those of ``prefetch = 0`` (everything in the caller's
+    thread, one stage after the other).
+    """
+    wanted = {s.name for s in writer.schema.targets}
+    groups = _grouped(writer.shard_rows(shard_index) if only is None else only)
+    depth, read_lock = config.prefetch, threading.Lock()
+
+    def prepare(group: tuple[str, list[int]]) -> _Prepared:
+        return _read_prepare(reader, group[0], group[1], writer, config, wanted, read_lock)
+
+    def forward(step: _Step) -> _Step:
+        if step.batch:
+            step.forwarded, step.teacher_s = _forward(teacher, step.batch, config)
+        return step
+
+    prepared = ordered_map(prepare, groups, depth * config.batch_size, workers=depth, name="bevkd-read")
+    for step in ordered_map(forward, _steps(prepared, config.batch_size, times), min(depth, 1), workers=1,
+                            name="bevkd-teacher"):
+        times.teacher += step.teacher_s
+        yield from step.failed
+        for fwd in step.forwarded:
+            yield from _rows(fwd, writer, config, times)
 
 
 def committed_result(writer: CacheWriter, shard_index: int) -> ShardResult | None:
@@ -301,7 +440,9 @@ def committed_result(writer: CacheWriter, shard_index: int) -> ShardResult | Non
 def process_shard(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, shard_index: int,
                   config: CacheJobConfig) -> ShardResult:
     """The unit of work: compute and commit shard ``shard_index`` (whole shard, then its
-    manifest fragment). Idempotent: a committed shard is skipped (``skipped=True``).
+    manifest fragment). Idempotent: a committed shard is skipped (``skipped=True``), except
+    that its failed rows are computed again (the input may have been fixed since; ``retried``)
+    while its ok rows stay as committed (:meth:`storage.cache.CacheWriter.retry_failed`).
 
     Args:
         teacher: the loaded teacher (eval mode), ``forward(TeacherInput) -> TeacherOutput``.
@@ -315,10 +456,11 @@ def process_shard(teacher: nn.Module, reader: SampleReader, writer: CacheWriter,
 
     Raises:
         ValueError: the teacher's output grid differs from the cache's.
+        storage.errors.CacheWriteError: the cache cannot be written (disk full, permission).
     """
     done = committed_result(writer, shard_index)
     if done is not None:
-        return done
+        return _retry_failed(teacher, reader, writer, shard_index, config) if done.rows_failed else done
     times, errors = StageTimes(), []
 
     def rows() -> Iterator[RowResult]:
@@ -333,3 +475,17 @@ def process_shard(teacher: nn.Module, reader: SampleReader, writer: CacheWriter,
         errors = list(committed_result(writer, shard_index).errors)  # type: ignore[union-attr]
     return ShardResult(shard_index=shard_index, rows_ok=report.rows_ok, rows_failed=report.rows_failed,
                        nbytes=dict(report.nbytes), errors=tuple(errors), times=times)
+
+
+def _retry_failed(teacher: nn.Module, reader: SampleReader, writer: CacheWriter, shard_index: int,
+                  config: CacheJobConfig) -> ShardResult:
+    """Compute the failed rows of a committed shard again and commit them, keeping its ok rows."""
+    failed = writer.failed_rows(shard_index)
+    times = StageTimes()
+    report = writer.retry_failed(shard_index, shard_rows(teacher, reader, writer, shard_index, config, times,
+                                                         only=failed))
+    times.encode, times.write = report.encode_s, report.write_s
+    result = committed_result(writer, shard_index)
+    assert result is not None  # just committed
+    result.retried, result.times = len(failed), times
+    return result

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from pipeline.cache_job import CacheJobConfig, ShardResult, StageTimes, job_row, process_shard, teacher_forward
 from storage.cache import CacheRow, CacheSchema, CacheWriter, DatasetInfo, TeacherInfo, stores, target_specs_for
-from storage.cache.layout import JOB_ATTR
+from storage.cache import manifest
+from storage.cache.layout import JOB_ATTR, unfinished_creation
 from storage.errors import CacheMismatchError, SampleError
 from storage.grid import BEVGrid
 from storage.sample import SampleReader
@@ -62,22 +63,29 @@ def example_row(teacher: nn.Module, reader: SampleReader, config: CacheJobConfig
     the teacher's output grid.
 
     Raises:
-        ValueError: no sample of the reader can be read.
+        ValueError: no sample of the reader can be read (the message gives the first sample's reason).
     """
-    for token in reader.sample_tokens:
+    first: str | None = None
+    for tried, token in enumerate(reader.sample_tokens):
+        if tried == 16:  # sixteen broken samples in a row: the dataset or the teacher is broken, say why
+            break
         try:
             sample = reader.read(token)
-        except SampleError:
-            continue
-        out = teacher_forward(teacher, [sample], config.teacher_image_size)
-        return job_row(out, sample, config), out.bev_grid
-    raise ValueError(f"{reader.dataset_id}: no sample could be read; nothing to cache")
+            out = teacher_forward(teacher, [sample], config.teacher_image_size)
+            return job_row(out, sample, config), out.bev_grid
+        except SampleError as exc:  # a broken sample: plan from the next one
+            first = first or str(exc)
+        except (ValueError, IndexError, TypeError, KeyError) as exc:  # malformed input (or a teacher bug)
+            first = first or f"sample {token}: unusable input ({type(exc).__name__}: {exc})"
+    raise ValueError(f"{reader.dataset_id}: none of the first {min(len(reader), 16)} samples could be read; "
+                     f"nothing to cache (first: {first})")
 
 
 def job_attrs(config: CacheJobConfig) -> dict[str, Any]:
     """The job config as JSON (what changes the stored values; operational flags excluded)."""
     d = dataclasses.asdict(config)
     d.pop("torch_threads")
+    d.pop("prefetch")
     d.pop("codecs")  # recorded (and compared) in the schema's target specs
     return json.loads(json.dumps(d))
 
@@ -142,7 +150,7 @@ def open_or_create(out: stores.StoreLike, schema: CacheSchema, sample_tokens: Se
     """
     tokens = [str(t) for t in sample_tokens]
     store = stores.open_store(out)
-    if stores.exists(store, "zarr.json") and not overwrite:
+    if stores.exists(store, "zarr.json") and not overwrite and unfinished_creation(store) is None:  # else: create
         writer = CacheWriter.open(store)
         diffs = schema_differences(writer.schema, schema, writer.sample_tokens, tokens)
         root = zarr.open_group(store=store, mode="r+", zarr_format=3)
@@ -240,5 +248,6 @@ def run_loop(config: CacheJobConfig, reader: SampleReader, teacher_source: Teach
             result = process_shard(teacher, reader, writer, shard, config)
             summary.add(result)
             bar.update(result.rows)
+    manifest.compact_manifest(writer.store, [t.name for t in writer.schema.targets])  # opening reads one file
     summary.wall_s = time.perf_counter() - start
     return summary

@@ -22,8 +22,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("pipeline.cmd_cache", "run a teacher once over a dataset into a target cache (Ray)"),
     "inspect": ("pipeline.cmd_inspect", "summarise a target cache: teacher, grid, rows, bytes per target"),
     "verify": ("pipeline.cmd_verify", "re-read every committed row of a cache and check its checksums"),
+    "compact": ("pipeline.cmd_compact", "merge a cache's manifest fragments into one file (faster opening)"),
     "train": ("pipeline.cmd_train", "train a camera-only student from a cache"),
     "show": ("pipeline.cmd_show", "render what the teacher stored for one sample"),
+    "eval": ("pipeline.cmd_eval", "evaluate a student run or the teacher boxes of a cache with the devkit"),
+    "compare": ("pipeline.cmd_compare", "put several students (and the teacher) into one table and plot"),
     "ablate": ("pipeline.ablation", "choose a distillation recipe on validation scenes carved from the training split"),
 }
 
@@ -81,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(args._module)
     from storage.errors import CacheCorruptError, CacheMismatchError, CheckpointError, SampleError, UnsafePickleError
+    from storage.errors import CacheIncompleteError, CacheMetadataError, CacheWriteError
+    from storage.errors import BoxConventionError, DatasetTableError
 
     user_errors = (FileNotFoundError, NotADirectoryError, CacheMismatchError, CacheCorruptError, SampleError,
-                   UnsafePickleError, CheckpointError)
+                   UnsafePickleError, CheckpointError, CacheMetadataError, CacheIncompleteError, CacheWriteError,
+                   DatasetTableError, BoxConventionError)
     try:
         return int(module.run(args) or 0)
     except user_errors as exc:  # bad input, not a bug: one line, no traceback (BEVKD_DEBUG=1 shows it)

@@ -45,17 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "them and a third student trains on keyframes + these frames (0: no third student; "
                              "default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=d.workers,
+    parser.add_argument("--loader-workers", type=int, default=d.workers, metavar="N",
                         help="DataLoader workers per student (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, dest="workers_deprecated", metavar="N",
+                        help="deprecated alias of --loader-workers (in `bevkd cache`, --workers means Ray actors)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.demo import DemoConfig, run_demo
     from pipeline.report import format_mean_std
 
+    if args.workers_deprecated is not None:
+        print("bevkd demo: --workers is deprecated here, use --loader-workers (DataLoader workers)", file=sys.stderr)
+        args.loader_workers = args.workers_deprecated
     cfg = DemoConfig(out_dir=args.out, scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed,
                      teacher_checkpoint=args.teacher_checkpoint, student=args.student, steps=args.steps,
-                     batch_size=args.batch_size, lr=args.lr, device=args.device, workers=args.workers,
+                     batch_size=args.batch_size, lr=args.lr, device=args.device, workers=args.loader_workers,
                      seeds=args.seeds, unlabelled_per_sample=args.unlabelled_per_sample)
     if args.seeds < 1 or args.steps < 1:
         print("bevkd demo: --seeds and --steps must be >= 1", file=sys.stderr)

@@ -1,9 +1,14 @@
-"""``bevkd inspect CACHE``: teacher, grid, rows ok/failed, bytes per sample per target, reuse hints."""
+"""``bevkd inspect CACHE``: teacher, grid, rows ok/failed, bytes per sample per target, reuse hints.
+
+Exit code 0; 1 when a metadata file (sample index, an array's ``zarr.json``) is missing or broken
+(each named on stderr); 2 when there is no bevkd cache or its root ``zarr.json`` is unreadable.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from storage.cache.inspect import format_summary, inspect_cache
 
@@ -25,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
             "rows_failed": s.rows_failed, "shards_committed": s.shards_committed,
             "targets": [{"name": t.name, "codec": t.codec, "raw_bytes": t.raw_bytes,
                          "stored_bytes": t.stored_bytes, "ratio": t.ratio} for t in s.targets],
-            "stored_bytes_per_row": s.stored_bytes_per_row, "failures": s.failures, "hints": s.hints}))
+            "stored_bytes_per_row": s.stored_bytes_per_row, "failures": s.failures, "hints": s.hints,
+            "problems": s.problems}))
     else:
         print(format_summary(s))
-    return 0
+    for problem in s.problems:
+        print(f"bevkd inspect: {problem}", file=sys.stderr)
+    return 1 if s.problems else 0

@@ -1,10 +1,18 @@
-"""``bevkd show CACHE --sample TOKEN``: one figure of what the teacher stored for a sample."""
+"""``bevkd show CACHE [--sample TOKEN]``: a PNG of what the teacher stored for a sample, or with
+``--rrd out.rrd`` a Rerun recording of the sample's scene (:mod:`pipeline.rerun_view`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TYPE_CHECKING
 
 from pipeline.dataset_args import add_reader_arguments, reader_from_args
+from pipeline.show import DEFAULT_SCORE_THRESHOLD
+
+if TYPE_CHECKING:
+    from storage.cache import CacheReader
+    from storage.sample import SampleReader
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,14 +21,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample_token to draw (default: the first committed row)")
     parser.add_argument("--view", type=int, default=0, help="view index for caches with --views K (default: 0)")
     parser.add_argument("--out", metavar="PNG", default=None, help="output file (default: show-<token>.png)")
+    parser.add_argument("--stage", metavar="NAME", default=None,
+                        help="cached BEV map the PNG draws, e.g. lidar_bev, camera_bev, fused_bev "
+                             "(default: the first stored stage)")
+    parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                        help="teacher boxes with a lower score are not drawn or logged (default: %(default)s)")
+    parser.add_argument("--rrd", metavar="FILE", default=None,
+                        help="write a Rerun recording instead of the PNG: the sample's whole scene on a timeline "
+                             "(one step per sample, by timestamp; with the dataset) or the one sample (without); "
+                             "open it with `rerun FILE`. Needs `pip install bevkd[viz]`")
     add_reader_arguments(parser)
     parser.epilog = ("Give the dataset the cache was made from (--dataroot/--info) to also draw GT boxes, "
                      "LiDAR points and the camera images under the depth targets.")
 
 
+def _fail(message: str) -> int:
+    print(f"bevkd show: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    from pipeline.show import render_sample
     from storage.cache import CacheReader
+    from storage.errors import CacheRowError
 
     cache = CacheReader(args.cache)
     token = args.sample
@@ -29,11 +51,56 @@ def run(args: argparse.Namespace) -> int:
             print(f"bevkd show: cache {args.cache} has no committed rows")
             return 1
         token = cache.read(int(cache.ok_rows[0]), decode=False).sample_token
-    sample = None
-    if args.dataroot or args.info:
-        sample = reader_from_args(args).read(token)
+    if token not in cache.sample_tokens:
+        return _fail(f"sample {token} is not in cache {cache.location} ({len(cache.sample_tokens)} samples)")
+    if args.stage is not None and f"bev_features/{args.stage}" not in cache.target_names:
+        stages = [n.split("/", 1)[1] for n in cache.target_names if n.startswith("bev_features/")]
+        return _fail(f"cache {cache.location}: no BEV stage {args.stage!r} (stored: {', '.join(stages) or 'none'})")
+    dataset = reader_from_args(args) if (args.dataroot or args.info) else None
+    if dataset is not None and token not in dataset.sample_tokens:
+        return _fail(f"sample {token} of cache {cache.location} is not in dataset {dataset.dataset_id}")
+    try:
+        cache.read(token, view=args.view, decode=False)
+    except (KeyError, CacheRowError) as exc:  # view out of range, row not committed or failed
+        return _fail(str(exc).strip("'\""))
+    if args.rrd:
+        return _record(args, cache, token, dataset)
+    from pipeline.show import render_sample
+
+    sample = dataset.read(token) if dataset is not None else None
     out = args.out or f"show-{token}.png"
-    res = render_sample(cache, token, out, view=args.view, sample=sample)
+    res = render_sample(cache, token, out, view=args.view, sample=sample, stage=args.stage,
+                        score_threshold=args.score_threshold)
     print(f"wrote {res.path}  (stage {res.bev_stage}, GT boxes {res.gt_boxes_drawn}, "
-          f"teacher boxes {res.teacher_boxes_drawn})")
+          f"teacher boxes {res.teacher_boxes_drawn} with score >= {args.score_threshold})")
     return 0
+
+
+def _record(args: argparse.Namespace, cache: CacheReader, token: str, dataset: SampleReader | None) -> int:
+    from pipeline.rerun_view import ViewerMissingError, import_rerun, record_scene, scene_samples
+
+    try:
+        import_rerun()
+    except ViewerMissingError as exc:
+        return _fail(str(exc))
+    if dataset is not None:
+        ok = _ok_tokens(cache, args.view) | {token}  # the asked-for row fails loudly if it is not readable
+        samples = scene_samples(dataset, token, keep=ok.__contains__)
+        res = record_scene(cache, [s.sample_token for s in samples], args.rrd, view=args.view,
+                           score_threshold=args.score_threshold, samples={s.sample_token: s for s in samples})
+        where = f"scene {samples[0].scene}"
+    else:
+        res = record_scene(cache, [token], args.rrd, view=args.view, score_threshold=args.score_threshold)
+        where = "one sample (give --dataroot/--info for its scene, points, GT and cameras)"
+    print(f"wrote {res.path}  ({where}: {len(res.sample_tokens)} frames, teacher boxes per frame "
+          f"{list(res.teacher_boxes)} with score >= {args.score_threshold}, GT boxes {list(res.gt_boxes)})")
+    return 0
+
+
+def _ok_tokens(cache: CacheReader, view: int) -> set[str]:
+    """Sample tokens whose row of ``view`` is committed with status ok."""
+    from storage.cache import manifest
+
+    cols = {c: cache.rows.column(c).to_pylist() for c in ("sample_token", "view", "status")}
+    return {tok for tok, v, st in zip(cols["sample_token"], cols["view"], cols["status"], strict=True)
+            if v == view and st == manifest.STATUS_OK}

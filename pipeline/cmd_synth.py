@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+
+#: Default camera image size, (height, width) pixels.
+DEFAULT_IMAGE_HW = (270, 480)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyframes per scene, 2 Hz (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; same seed -> identical files (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(480, 270), metavar=("W", "H"),
-                        help="camera image width and height in pixels (default: 480 270)")
+    parser.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="camera image height and width in pixels (default: 270 480)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                        help="deprecated: --image-hw H W (note the order)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="write the 13 tables only, no sensor file: trainval-sized tables in minutes for "
+                             "index-scale tests (num_lidar_pts estimated, nothing ray cast)")
     parser.add_argument("--sweeps-per-sample", type=int, default=0,
                         help="non-keyframe LiDAR sweeps between keyframes, under sweeps/ (default: %(default)s)")
     parser.add_argument("--camera-sweeps-per-sample", type=int, default=0,
@@ -31,13 +40,20 @@ def run(args: argparse.Namespace) -> int:
 
     from storage.synth import SynthConfig, SynthSummary, generate_dataset
 
+    if args.image_size is not None and args.image_hw is not None:
+        print("bevkd synth: give --image-hw H W only (--image-size W H is its deprecated alias)", file=sys.stderr)
+        return 2
+    height, width = DEFAULT_IMAGE_HW if args.image_hw is None else args.image_hw
+    if args.image_size is not None:
+        width, height = args.image_size
+        print(f"bevkd synth: --image-size W H is deprecated; use --image-hw {height} {width}", file=sys.stderr)
     try:
         config = SynthConfig(num_scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed,
-                             image_size=tuple(args.image_size), sweeps_per_sample=args.sweeps_per_sample,
+                             image_size=(width, height), sweeps_per_sample=args.sweeps_per_sample,
                              camera_sweeps_per_sample=args.camera_sweeps_per_sample,
-                             version=args.version)
+                             version=args.version, tables_only=args.tables_only)
     except ValueError as exc:
-        print(f"bevkd synth: {exc}")
+        print(f"bevkd synth: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     with tqdm(total=config.num_scenes * config.samples_per_scene, unit="sample", desc="synth") as bar:
@@ -52,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {root.resolve()} ({config.version}) in {time.perf_counter() - start:.1f} s")
     print(f"  scenes: {len(summary.scenes)} ({per_split}); samples: {summary.num_samples}; "
           f"annotations: {summary.num_annotations}")
-    print(f"  LiDAR points per keyframe sweep: {summary.mean_points_per_sweep:.0f}; "
-          f"boxes with >0 points: {100 * summary.fraction_boxes_with_points:.1f} %")
+    if config.tables_only:
+        print("  tables only: no sensor file written (num_lidar_pts estimated)")
+    else:
+        print(f"  LiDAR points per keyframe sweep: {summary.mean_points_per_sweep:.0f}; "
+              f"boxes with >0 points: {100 * summary.fraction_boxes_with_points:.1f} %")
     print(f"  load with: NuScenes(version='{config.version}', dataroot='{root.resolve()}')")
     return 0

@@ -12,6 +12,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scenes to generate when no dataset is given (default: %(default)s)")
     parser.add_argument("--synth-samples", type=int, default=10,
                         help="keyframes per generated scene (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(352, 192), metavar=("W", "H"),
-                        help="camera image size for camera teachers, divisible by 16 (default: 352 192)")
+    parser.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="camera image height and width for camera teachers, divisible by 16 (default: 192 352)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                        help="deprecated (width first): use --image-hw H W, the order of every bevkd config")
 
 
 def _ensure_data(args: argparse.Namespace) -> None:
@@ -86,14 +89,18 @@ def run(args: argparse.Namespace) -> int:
     from teachers.train import TeacherTrainConfig, predict, train_teacher
 
     if args.teacher not in TEACHERS:
-        print(f"bevkd train-teacher: unknown teacher {args.teacher!r}; choose from {', '.join(TEACHERS)}")
+        print(f"bevkd train-teacher: unknown teacher {args.teacher!r}; choose from {', '.join(TEACHERS)}",
+              file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))
     _ensure_data(args)
     os.makedirs(args.work_dir, exist_ok=True)
     out = Path(args.out or Path(args.work_dir) / f"{args.teacher}.pt")
     model, info = load_teacher(args.teacher, checkpoint=args.checkpoint)
-    image_size = tuple(args.image_size) if args.teacher == "bevfusion" else None
+    if args.image_size is not None:
+        print("bevkd train-teacher: --image-size W H is deprecated, use --image-hw H W", file=sys.stderr)
+    h, w = args.image_hw or (args.image_size[::-1] if args.image_size else (192, 352))
+    image_size = (w, h) if args.teacher == "bevfusion" else None  # TeacherTrainConfig.image_size is (w, h)
     meta: dict[str, Any] = dict(info.meta)
     if args.epochs > 0:
         train_samples, train_reader = _load_samples(args, args.train_split)

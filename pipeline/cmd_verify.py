@@ -1,16 +1,27 @@
 """``bevkd verify CACHE``: re-read every committed row, check checksums, name each bad row.
 
-Exit code 0 when every committed ok row reads back as written, 1 otherwise.
+Exit codes: see :data:`EPILOG`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tqdm import tqdm
 
 from storage.cache import layout, manifest, stores
-from storage.cache.verify import verify_cache
+from storage.cache.verify import VerifyReport, verify_cache
+
+#: Exit code of a sound but incomplete cache (shards not committed, or creation unfinished).
+EXIT_INCOMPLETE = 3
+EPILOG = f"""exit codes:
+  0  complete: every shard committed, every committed ok row reads back as written
+  1  corrupt: a committed row is missing or fails its checksum, or a metadata file is broken
+  2  not a cache: no bevkd cache at CACHE, or its root zarr.json is unreadable (one line on stderr)
+  {EXIT_INCOMPLETE}  incomplete: what is committed is sound, but shards are not committed yet or the
+     cache's creation did not finish; rerun the same bevkd cache command to resume
+Rows that failed in the cache job (listed by bevkd inspect) do not change the exit code."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     total = len(manifest.committed_shards(store))
     with tqdm(total=total, unit="shard", desc="verify", disable=args.no_progress) as bar:
         report = verify_cache(store, progress=bar.update)
+    for m in report.metadata_problems:
+        print(f"{'INCOMPLETE' if report.creation_unfinished else 'CORRUPT'}: {m}")
     for p in report.problems[:args.max_problems]:
         print(f"{p.problem.upper()}: {p}")
     if len(report.problems) > args.max_problems:
@@ -38,4 +51,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"verify {report.location}: {report.rows_checked} committed ok rows checked, "
           f"{bad_rows} bad ({len(report.problems)} target problems), "
           f"{report.rows_failed_in_job} rows failed in the cache job")
-    return 0 if report.ok else 1
+    if not report.ok and not report.creation_unfinished:
+        return 1
+    if not report.complete:
+        print(f"bevkd verify: {_incomplete(report)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return 0
+
+
+def _incomplete(report: VerifyReport) -> str:
+    if report.creation_unfinished:
+        return (f"cache {report.location} is incomplete: its creation did not finish "
+                f"({report.metadata_problems[0]}); rerun the same bevkd cache command to complete it")
+    pending = report.num_shards - report.shards_committed
+    return (f"cache {report.location} is incomplete: {pending} of {report.num_shards} shards not committed; "
+            "rerun the same bevkd cache command to resume")

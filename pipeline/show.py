@@ -3,12 +3,17 @@
 One figure, BEV panels on top (x to the right, y up, lidar/view frame, metres) and the six
 cameras below:
 
-* BEV feature: the first stored stage, PCA of its channels to RGB, and its per-cell L2 norm;
-* heatmap: max over classes;
+* BEV feature: one stored stage (``stage``; default the first), PCA of its channels to RGB, and
+  its per-cell L2 norm (with a colour bar);
+* heatmap: max over classes (colour bar);
 * boxes: LiDAR points (grey), foreground mask (yellow), GT boxes (green, needs the dataset
-  reader) and teacher boxes (red, alpha = score);
+  reader) and teacher boxes with score >= ``score_threshold`` (red, alpha = score);
 * view masks: each camera's frustum cells in its own colour;
-* per-camera LiDAR depth cells over the camera images (needs the dataset reader for images).
+* per-camera LiDAR depth cells over the camera images (needs the dataset reader for images),
+  one depth colour bar (m).
+
+``bevkd show --rrd`` writes the same targets, for a whole scene, as a Rerun recording instead
+(:mod:`pipeline.rerun_view`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from storage.grid import BEVGrid
 from storage.sample import CAMERA_NAMES, Sample
 from storage.transforms import apply_transform
 
+#: Teacher boxes with a lower score are not drawn (``bevkd show --score-threshold``; also the ``--rrd`` default).
+DEFAULT_SCORE_THRESHOLD = 0.3
 _CAM_COLOURS = np.array([[0.89, 0.10, 0.11], [0.22, 0.49, 0.72], [0.30, 0.69, 0.29],
                          [0.60, 0.31, 0.64], [1.00, 0.50, 0.00], [0.65, 0.34, 0.16]])
 
@@ -35,8 +42,9 @@ class ShowResult:
     path: Path
     bev_stage: str | None
     gt_boxes_drawn: int
-    teacher_boxes_drawn: int
+    teacher_boxes_drawn: int  # teacher boxes with score >= the threshold
     gt_boxes_on_foreground: float  # fraction of drawn GT boxes (with LiDAR points) whose centre cell is foreground
+    colour_bars: tuple[str, ...] = ()  # labels of the colour bars drawn
 
 
 def pca_rgb(feature: np.ndarray) -> np.ndarray:
@@ -68,13 +76,14 @@ def _footprints(ax, boxes: np.ndarray, colour: str, alphas: np.ndarray | None = 
         ax.plot([centre[0], front[0]], [centre[1], front[1]], color=colour, lw=0.9, alpha=alpha)
 
 
-def _bev_image(ax, img: np.ndarray, grid: BEVGrid, title: str, **kw) -> None:
+def _bev_image(ax, img: np.ndarray, grid: BEVGrid, title: str, **kw):
     pcr = grid.point_cloud_range
-    ax.imshow(img, origin="lower", extent=(pcr[0], pcr[3], pcr[1], pcr[4]), interpolation="nearest", **kw)
+    im = ax.imshow(img, origin="lower", extent=(pcr[0], pcr[3], pcr[1], pcr[4]), interpolation="nearest", **kw)
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("x (m)", fontsize=7)
     ax.set_ylabel("y (m)", fontsize=7)
     ax.tick_params(labelsize=6)
+    return im
 
 
 def _gt_on_foreground(gt: np.ndarray, num_pts: np.ndarray, fg: np.ndarray | None, grid: BEVGrid) -> float:
@@ -88,11 +97,16 @@ def _gt_on_foreground(gt: np.ndarray, num_pts: np.ndarray, fg: np.ndarray | None
 
 
 def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, view: int = 0,
-                  sample: Sample | None = None) -> ShowResult:
+                  sample: Sample | None = None, stage: str | None = None,
+                  score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> ShowResult:
     """Draw one cached row (and, when ``sample`` is given, its GT boxes, points and images).
 
+    Args:
+        stage: the ``bev_features/<stage>`` map to draw (default: the first stored).
+        score_threshold: teacher boxes with a lower score are not drawn.
+
     Raises:
-        KeyError: ``sample_token`` is not in the cache.
+        KeyError: ``sample_token`` is not in the cache, or ``stage`` is not stored.
         storage.errors.CacheCorruptError: a stored chunk fails its checksum.
     """
     import matplotlib
@@ -104,37 +118,53 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     grid = reader.schema.grid
     fig = plt.figure(figsize=(16, 10.5))
     gs = fig.add_gridspec(3, 6, height_ratios=[1.25, 1, 1])
-    stage = next(iter(t.bev_features), None)
+    if stage is not None and stage not in t.bev_features:
+        raise KeyError(f"cache {reader.location}: no BEV stage {stage!r} (stored: {', '.join(t.bev_features)})")
+    stage = stage if stage is not None else next(iter(t.bev_features), None)
+    bars: list[str] = []
     ax = fig.add_subplot(gs[0, 0])
     if stage is not None:
         feat = np.asarray(t.bev_features[stage], dtype=np.float32)
         _bev_image(ax, pca_rgb(feat), grid, f"{stage} PCA->RGB {feat.shape}")
-        _bev_image(fig.add_subplot(gs[0, 1]), np.linalg.norm(feat, axis=0), grid, f"{stage} L2 norm", cmap="magma")
+        ax = fig.add_subplot(gs[0, 1])
+        im = _bev_image(ax, np.linalg.norm(feat, axis=0), grid, f"{stage} L2 norm", cmap="magma")
+        bars.append(_colour_bar(fig, im, ax, "channel L2 norm"))
     ax = fig.add_subplot(gs[0, 2])
     if t.heatmap is not None:
-        _bev_image(ax, np.asarray(t.heatmap).max(axis=0), grid, "heatmap max over classes", cmap="viridis",
-                   vmin=0, vmax=1)
-    gt_drawn, n_teacher, frac = _draw_boxes_panel(fig.add_subplot(gs[0, 3:5]), t, grid, sample)
+        im = _bev_image(ax, np.asarray(t.heatmap).max(axis=0), grid, "heatmap max over classes", cmap="viridis",
+                        vmin=0, vmax=1)
+        bars.append(_colour_bar(fig, im, ax, "heatmap"))
+    gt_drawn, n_teacher, frac = _draw_boxes_panel(fig.add_subplot(gs[0, 3:5]), t, grid, sample, score_threshold)
     ax = fig.add_subplot(gs[0, 5])
     if t.view_mask is not None:
         rgb = np.ones((*grid.bev_shape, 3))
         for k in range(t.view_mask.shape[0]):
             rgb[t.view_mask[k]] = 0.5 * rgb[t.view_mask[k]] + 0.5 * _CAM_COLOURS[k % 6]
         _bev_image(ax, rgb, grid, "view masks (one colour per camera)")
-    _draw_cameras(fig, gs, t, sample)
-    fig.suptitle(f"sample {sample_token}  view {view}  teacher {reader.schema.teacher.name}", fontsize=10)
+    if _draw_cameras(fig, gs, t, sample):
+        bars.append("lidar depth (m)")
+    fig.suptitle(f"sample {sample_token}  view {view}  teacher {reader.schema.teacher.name}  "
+                 f"teacher boxes score >= {score_threshold:g}", fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return ShowResult(path=out, bev_stage=stage, gt_boxes_drawn=gt_drawn, teacher_boxes_drawn=n_teacher,
-                      gt_boxes_on_foreground=frac)
+                      gt_boxes_on_foreground=frac, colour_bars=tuple(bars))
 
 
-def _draw_boxes_panel(ax, t: CacheRow, grid: BEVGrid, sample: Sample | None) -> tuple[int, int, float]:
-    """Points, foreground, GT and teacher boxes over the BEV; returns (GT drawn, teacher drawn,
-    fraction of GT boxes with points whose centre cell is foreground)."""
+def _colour_bar(fig, mappable, ax, label: str) -> str:
+    bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return label
+
+
+def _draw_boxes_panel(ax, t: CacheRow, grid: BEVGrid, sample: Sample | None,
+                      score_threshold: float) -> tuple[int, int, float]:
+    """Points, foreground, GT and teacher boxes (score >= ``score_threshold``) over the BEV; returns
+    (GT drawn, teacher drawn, fraction of GT boxes with points whose centre cell is foreground)."""
     gt_drawn, frac = 0, float("nan")
     if t.fg_mask is not None:
         _bev_image(ax, np.where(t.fg_mask, 1.0, np.nan), grid, "", cmap="Wistia", vmin=0, vmax=1.5, alpha=0.8)
@@ -146,20 +176,25 @@ def _draw_boxes_panel(ax, t: CacheRow, grid: BEVGrid, sample: Sample | None) -> 
         _footprints(ax, gt, "limegreen")
         gt_drawn = len(gt)
         frac = _gt_on_foreground(gt, sample.num_lidar_pts, t.fg_mask, grid)
-    n_teacher = 0 if t.boxes is None else len(t.boxes)
-    if t.boxes is not None and n_teacher:
-        _footprints(ax, t.boxes, "red", t.scores)
+    n_teacher = 0
+    if t.boxes is not None and t.scores is not None:
+        keep = np.asarray(t.scores) >= score_threshold
+        n_teacher = int(keep.sum())
+        _footprints(ax, np.asarray(t.boxes)[keep], "red", np.asarray(t.scores)[keep])
     pcr = grid.point_cloud_range
     ax.set_xlim(pcr[0], pcr[3])
     ax.set_ylim(pcr[1], pcr[4])
     ax.set_aspect("equal")
-    ax.set_title(f"points, foreground (yellow), GT (green, {gt_drawn}), teacher (red, {n_teacher})", fontsize=8)
+    ax.set_title(f"points, foreground (yellow), GT (green, {gt_drawn}), teacher (red, {n_teacher}, "
+                 f"score >= {score_threshold:g})", fontsize=8)
     return gt_drawn, n_teacher, frac
 
 
-def _draw_cameras(fig, gs, t: CacheRow, sample: Sample | None) -> None:
+def _draw_cameras(fig, gs, t: CacheRow, sample: Sample | None) -> bool:
+    """The six cameras with their LiDAR depth cells; returns whether a depth colour bar was drawn."""
     if t.lidar_depth is None and sample is None:
-        return
+        return False
+    dots = None
     for k, name in enumerate(CAMERA_NAMES):
         ax = fig.add_subplot(gs[1 + k // 3, 2 * (k % 3):2 * (k % 3) + 2])
         ax.set_axis_off()
@@ -175,7 +210,11 @@ def _draw_cameras(fig, gs, t: CacheRow, sample: Sample | None) -> None:
         depth = np.asarray(t.lidar_depth[k], dtype=np.float32)
         rows, cols = np.nonzero(depth > 0)
         sy, sx = h_img / depth.shape[0], w_img / depth.shape[1]
-        ax.scatter((cols + 0.5) * sx, (rows + 0.5) * sy, c=depth[rows, cols], s=7, cmap="turbo", vmin=0, vmax=60,
-                   linewidths=0)
+        dots = ax.scatter((cols + 0.5) * sx, (rows + 0.5) * sy, c=depth[rows, cols], s=7, cmap="turbo", vmin=0,
+                          vmax=60, linewidths=0)
         ax.set_xlim(0, w_img)
         ax.set_ylim(h_img, 0)
+    if dots is None:
+        return False
+    _colour_bar(fig, dots, fig.axes[-1], "lidar depth (m)")
+    return True

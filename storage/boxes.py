@@ -11,7 +11,8 @@ Source layouts converted here and only here:
 * mmdetection3d v1.1 infos: ``bbox_3d = [x, y, z, l, w, h, yaw]`` LiDAR frame, gravity centre —
   :func:`boxes_from_mmdet3d_v1`.
 * mmdetection3d v0.x infos: ``gt_boxes = [x, y, z, w, l, h, yaw_v0]`` with
-  ``yaw = -yaw_v0 - pi/2`` — :func:`boxes_from_mmdet3d_v0`.
+  ``yaw = -yaw_v0 - pi/2`` — :func:`boxes_from_mmdet3d_v0` / :func:`boxes_to_mmdet3d_v0`.
+* Bottom-centre ``z`` (mmdet3d's box classes' default origin) — :func:`boxes_from_bottom_centre`.
 """
 
 from __future__ import annotations
@@ -120,6 +121,23 @@ def boxes_from_mmdet3d_v0(gt_boxes: Float64Array, velocity: Float64Array | None 
     return boxes_from_mmdet3d_v1(v1, velocity)
 
 
+def boxes_to_mmdet3d_v0(boxes: Float64Array) -> tuple[Float64Array, Float64Array]:
+    """Inverse of :func:`boxes_from_mmdet3d_v0`: ``(N, 7)`` v0.x ``[x, y, z, w, l, h, yaw_v0]``
+    (gravity centre, ``yaw_v0 = -yaw - pi/2``) and ``(N, 2)`` velocities, LiDAR frame."""
+    b = _check(boxes)
+    gt = b[:, [0, 1, 2, 4, 3, 5, 6]].copy()
+    gt[:, 6] = -b[:, 6] - np.pi / 2
+    return gt, b[:, 7:9].copy()
+
+
+def boxes_from_bottom_centre(boxes: Float64Array) -> Float64Array:
+    """Boxes whose ``z`` is the bottom-face centre (mmdet3d ``LiDARInstance3DBoxes``' default origin
+    ``(0.5, 0.5, 0)``) to bevkd's gravity centre: ``z + h / 2``. ``(N, 9)`` in, ``(N, 9)`` out."""
+    b = _check(boxes).copy()
+    b[:, 2] += b[:, 5] / 2
+    return b
+
+
 def transform_boxes(boxes: Float64Array, dst_from_src: Float64Array) -> Float64Array:
     """Boxes in ``src`` to ``dst`` by a transform whose rotation is about z (plus translation).
 
@@ -185,7 +203,8 @@ def count_points_in_boxes(points: Float64Array, boxes: Float64Array,
 
 
 __all__ = [
-    "BOX_DIM", "BOX_FIELDS", "box_corners", "boxes_from_mmdet3d_v0", "boxes_from_mmdet3d_v1",
-    "boxes_from_nuscenes", "boxes_to_mmdet3d_v1", "boxes_to_nuscenes", "count_points_in_boxes",
+    "BOX_DIM", "BOX_FIELDS", "box_corners", "boxes_from_bottom_centre", "boxes_from_mmdet3d_v0",
+    "boxes_from_mmdet3d_v1", "boxes_from_nuscenes", "boxes_to_mmdet3d_v0", "boxes_to_mmdet3d_v1",
+    "boxes_to_nuscenes", "count_points_in_boxes",
     "points_in_boxes", "transform_boxes", "wrap_angle",
 ]

@@ -71,3 +71,49 @@ class CheckpointError(ValueError):
 
 class NotACacheError(CacheMismatchError):
     """A location that should hold a bevkd cache holds something else (so it is never deleted)."""
+
+
+class DatasetTableError(ValueError):
+    """A dataset table (nuScenes ``<version>/*.json``) is unreadable, or a row misses a field or
+    references a token that does not exist.
+
+    The message is one line: ``<table path>: record <row token> field <field> <problem>``;
+    ``path``, ``row_token`` and ``field`` are kept as attributes (``""`` when not known).
+    """
+
+    def __init__(self, message: str, *, path: str = "", row_token: str = "", field: str = "") -> None:
+        self.path, self.row_token, self.field = path, row_token, field
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[DatasetTableError], tuple[str], dict[str, str]]:
+        # keep attributes across pickling (Ray)
+        return (type(self), (str(self),), {"path": self.path, "row_token": self.row_token, "field": self.field})
+
+
+class BoxConventionError(ValueError):
+    """A dataset's GT boxes disagree with its LiDAR points (``num_lidar_pts``): they are probably
+    stored in another box convention than the reader assumes. One line naming the likely cause."""
+
+
+class CacheMetadataError(Exception):
+    """A cache's metadata file (a ``zarr.json``, the sample index) is missing or unreadable.
+
+    The message names the file: ``cache <location>: <file> <problem>``.
+    """
+
+
+class CacheIncompleteError(Exception):
+    """A cache whose creation did not finish (e.g. the disk filled up while it was created) and
+    which holds no committed shard: rerunning the same ``bevkd cache`` command completes it."""
+
+
+class CacheWriteError(OSError):
+    """Writing a cache failed (disk full, no permission, read-only file system).
+
+    One line naming the cache and what was being written; ``errno`` is the underlying one.
+    Nothing committed is lost: a shard counts only once its manifest fragment is written, and a
+    rerun resumes.
+    """
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return str(self.strerror)

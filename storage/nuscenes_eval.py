@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class DetectionMetrics:
             ``vel_err`` (m/s), ``attr_err`` (1 - acc): means over classes.
         band_ap: distance band name (``"0-15m"``) -> mAP of the devkit on the boxes of that band
             (see :func:`evaluate_detections`); empty when no bands were asked for.
+        modality: the sensors the submission declared (``lidar``, ``camera`` or ``fusion``).
+        plots: paths of the devkit's PR / TP curve PNGs (:func:`render_plots`); empty when not rendered.
     """
 
     mAP: float
@@ -69,6 +71,32 @@ class DetectionMetrics:
     per_class_ap: dict[str, float]
     tp_errors: dict[str, float]
     band_ap: dict[str, float] = field(default_factory=dict)
+    modality: str = ""
+    plots: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN band APs stay ``NaN``, which :mod:`json` writes and reads)."""
+        return {"mAP": self.mAP, "NDS": self.NDS, "per_class_ap": dict(self.per_class_ap),
+                "tp_errors": dict(self.tp_errors), "band_ap": dict(self.band_ap), "modality": self.modality,
+                "plots": list(self.plots)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DetectionMetrics:
+        return cls(mAP=float(d["mAP"]), NDS=float(d["NDS"]), per_class_ap=dict(d["per_class_ap"]),
+                   tp_errors=dict(d["tp_errors"]), band_ap=dict(d.get("band_ap", {})),
+                   modality=str(d.get("modality", "")), plots=tuple(d.get("plots", ())))
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any], band_ap: Mapping[str, float] | None = None
+                     ) -> DetectionMetrics:
+        """From the devkit's ``metrics_summary.json`` (its ``meta`` gives the modality)."""
+        meta = summary.get("meta", {})
+        modality = ("fusion" if meta.get("use_camera") and meta.get("use_lidar") else
+                    "camera" if meta.get("use_camera") else "lidar" if meta.get("use_lidar") else "")
+        return cls(mAP=float(summary["mean_ap"]), NDS=float(summary["nd_score"]),
+                   per_class_ap={k: float(v) for k, v in summary["mean_dist_aps"].items()},
+                   tp_errors={k: float(summary["tp_errors"][k]) for k in TP_ERRORS}, band_ap=dict(band_ap or {}),
+                   modality=modality)
 
 
 def _as_detections(value: Detections | tuple[Any, ...]) -> Detections:
@@ -117,7 +145,8 @@ def results_json(reader: NuScenesReader, predictions: Mapping[str, Detections | 
 def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split: str,
                         predictions: Mapping[str, Detections | tuple[Any, ...]], output_dir: str | os.PathLike[str],
                         reader: NuScenesReader | None = None, modality: str = "lidar",
-                        distance_bands: Sequence[float] = ()) -> DetectionMetrics:
+                        distance_bands: Sequence[float] = (), plot_dir: str | os.PathLike[str] | None = None
+                        ) -> DetectionMetrics:
     """Run the devkit's ``DetectionEval`` on ``predictions``.
 
     Args:
@@ -134,6 +163,8 @@ def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split
             ego vehicle (the devkit's ``ego_dist``) lies in the band, so a prediction and its
             ground truth on opposite sides of an edge count as a miss and a false positive.
             Classes with no ground truth in a band are left out of that band's mean.
+        plot_dir: if given, the devkit's PR and TP curves are rendered there as PNGs
+            (:func:`render_plots`).
 
     Raises:
         ValueError: missing samples or inconsistent arrays (see :func:`results_json`).
@@ -148,16 +179,49 @@ def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split
     result_path.write_text(json.dumps(results_json(reader, predictions, modality=modality)))
     evaluator = DetectionEval(reader.nusc, config=config_factory("detection_cvpr_2019"), result_path=str(result_path),
                               eval_set=split, output_dir=str(out), verbose=False)
-    metrics, _ = evaluator.evaluate()
+    metrics, md_list = evaluator.evaluate()
     summary = metrics.serialize()
     summary["meta"] = evaluator.meta.copy()
     (out / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
     band_ap = _band_aps(evaluator, distance_bands)
     if band_ap:
         (out / "band_ap.json").write_text(json.dumps(band_ap, indent=2))
-    return DetectionMetrics(mAP=float(summary["mean_ap"]), NDS=float(summary["nd_score"]),
-                            per_class_ap={k: float(v) for k, v in summary["mean_dist_aps"].items()},
-                            tp_errors={k: float(summary["tp_errors"][k]) for k in TP_ERRORS}, band_ap=band_ap)
+    plots = render_plots(evaluator, metrics, md_list, plot_dir) if plot_dir is not None else []
+    return replace(DetectionMetrics.from_summary(summary, band_ap), plots=tuple(str(p) for p in plots))
+
+
+def render_plots(evaluator: Any, metrics: Any, md_list: Any, plot_dir: str | os.PathLike[str]) -> list[Path]:
+    """The devkit's curves (``DetectionEval.render``'s plot functions) as PNGs in ``plot_dir``:
+    ``summary.png``, ``<class>_pr.png`` and ``<class>_tp.png`` for every class with ground truth,
+    ``dist_pr_<th>.png`` per matching threshold (m).
+
+    Returns:
+        the written paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nuscenes.eval.detection.render import class_pr_curve, class_tp_curve, dist_pr_curve, summary_plot
+
+    cfg, out = evaluator.cfg, Path(plot_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    present = sorted({b.detection_name for b in evaluator.gt_boxes.all})
+    written: list[Path] = []
+
+    def path(name: str) -> str:
+        written.append(out / f"{name}.png")
+        return str(written[-1])
+
+    summary_plot(md_list, metrics, min_precision=cfg.min_precision, min_recall=cfg.min_recall,
+                 dist_th_tp=cfg.dist_th_tp, savepath=path("summary"))
+    for name in present:
+        class_pr_curve(md_list, metrics, name, cfg.min_precision, cfg.min_recall, savepath=path(f"{name}_pr"))
+        class_tp_curve(md_list, metrics, name, cfg.min_recall, cfg.dist_th_tp, savepath=path(f"{name}_tp"))
+    for th in cfg.dist_ths:
+        dist_pr_curve(md_list, metrics, th, cfg.min_precision, cfg.min_recall, savepath=path(f"dist_pr_{th:g}"))
+    plt.close("all")
+    return written
 
 
 def band_names(edges: Sequence[float]) -> list[str]:
@@ -194,4 +258,5 @@ def _band_aps(evaluator: Any, edges: Sequence[float]) -> dict[str, float]:
     return out
 
 
-__all__ = ["DEFAULT_ATTRIBUTE", "DetectionMetrics", "Detections", "evaluate_detections", "results_json"]
+__all__ = ["DEFAULT_ATTRIBUTE", "DetectionMetrics", "Detections", "band_names", "evaluate_detections", "render_plots",
+           "results_json"]

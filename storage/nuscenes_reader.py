@@ -7,16 +7,19 @@ frame only through :func:`storage.boxes.boxes_from_nuscenes` with ``lidar_from_g
 from __future__ import annotations
 
 import bisect
-import json
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
 
 import numpy as np
 
 from storage.arrays import Float32Array, Float64Array, Int64Array
 from storage.boxes import boxes_from_nuscenes
 from storage.errors import SampleError
+from storage.nuscenes_tables import (FOREIGN_KEYS, REQUIRED_FIELDS, NuScenesTableError, explain_broken_tables,
+                                     require_fields)
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample, load_points
 from storage.transforms import invert_transform, transform_from_quaternion
 
@@ -28,20 +31,8 @@ LIDAR_CHANNEL = "LIDAR_TOP"
 FRAMES = ("keyframes", "sweeps", "all")
 #: The channel whose non-keyframe sample_data rows define (and key) the sweep frames.
 SWEEP_KEY_CHANNEL = "CAM_FRONT"
-#: Foreign keys of the v1.0 schema: (table, field) -> referenced table.
-FOREIGN_KEYS = {
-    ("sample_data", "sample_token"): "sample", ("sample_data", "ego_pose_token"): "ego_pose",
-    ("sample_data", "calibrated_sensor_token"): "calibrated_sensor",
-    ("sample_annotation", "sample_token"): "sample", ("sample_annotation", "instance_token"): "instance",
-    ("sample_annotation", "visibility_token"): "visibility", ("sample_annotation", "attribute_tokens"): "attribute",
-    ("instance", "category_token"): "category", ("calibrated_sensor", "sensor_token"): "sensor",
-    ("sample", "scene_token"): "scene", ("scene", "log_token"): "log",
-}
-
-
-class NuScenesTableError(ValueError):
-    """A nuScenes table file is unreadable or references a token that does not exist.
-    The message names the table file, the field and the token."""
+#: ``split`` value selecting every scene in the tables (custom nuScenes-format datasets).
+ALL_SCENES = "all"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -102,37 +93,16 @@ def load_nuscenes(dataroot: str, version: str) -> NuScenes:
         raise NuScenesTableError(f"nuScenes devkit failed to load {table_root}: {exc!r}") from exc
 
 
-def explain_broken_tables(table_root: str) -> None:
-    """Raise the first unreadable table or dangling foreign key found under ``table_root``."""
-    tables: dict[str, list[dict[str, Any]]] = {}
-    for name in {t for pair in FOREIGN_KEYS.items() for t in (pair[0][0], pair[1])}:
-        path = os.path.join(table_root, f"{name}.json")
-        try:
-            with open(path) as f:
-                tables[name] = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise NuScenesTableError(f"nuScenes table {path} unreadable: {exc}") from None
-    tokens = {name: {r["token"] for r in recs} for name, recs in tables.items()}
-    for (table, fld), target in FOREIGN_KEYS.items():
-        for rec in tables[table]:
-            refs = rec[fld] if isinstance(rec[fld], list) else [rec[fld]]
-            for ref in refs:
-                if ref not in tokens[target]:
-                    path = os.path.join(table_root, f"{table}.json")
-                    if "sample_token" in rec and table != "sample":
-                        raise SampleError(rec["sample_token"], f"{table}.{fld}",
-                                          f"references missing {target} token {ref} (record {rec['token']})", path)
-                    raise NuScenesTableError(f"{path}: record {rec['token']} field {fld} references missing "
-                                             f"{target} token {ref}")
-
-
 class NuScenesReader:
     """:class:`~storage.sample.SampleReader` over a nuScenes dataroot (real or synthetic).
 
     Args:
         dataroot: folder holding ``<version>/*.json``, ``samples/``, ``sweeps/``.
         version: ``v1.0-mini``, ``v1.0-trainval``, ...
-        split: a devkit split (``mini_val``, ``mini_train``, ``train``, ``val``, ...).
+        split: a devkit split (``mini_val``, ``mini_train``, ``train``, ``val``, ...) or ``all``
+            (:data:`ALL_SCENES`: every scene in the tables, e.g. a custom dataset with its own scene names).
+        scenes: scene names to read instead of ``split`` (e.g. the lines of ``--scenes FILE``); the
+            ``dataset_id`` then ends in ``scenes-<count>-<hash of the names>``.
         sweeps: past LiDAR sweeps merged into ``points`` (0: keyframe only). With sweeps, column
             4 holds the time lag to the keyframe in seconds (0 for keyframe points) instead of
             the ring index, as mmdet3d's ``LoadPointsFromMultiSweeps``; a keyframe near the
@@ -147,41 +117,66 @@ class NuScenesReader:
     Picklable: the devkit database is dropped when pickled and reloaded lazily.
 
     Raises:
-        ValueError: unknown split (lists the valid ones), or no scene of the split in the data.
-        FileNotFoundError / SampleError / NuScenesTableError: see :func:`load_nuscenes`.
+        ValueError: unknown split (lists the valid ones), no scene of the split in the data, or a
+            name in ``scenes`` that the scene table lacks (names the table file).
+        FileNotFoundError / SampleError / NuScenesTableError: see :func:`load_nuscenes`; also a scene
+            row without ``name`` / ``first_sample_token`` (NuScenesTableError naming file, row and field).
     """
 
     def __init__(self, dataroot: str | os.PathLike[str], version: str = "v1.0-mini", split: str = "mini_val",
-                 sweeps: int = 0, frames: str = "keyframes") -> None:
+                 sweeps: int = 0, frames: str = "keyframes", scenes: Sequence[str] | None = None) -> None:
         if sweeps < 0:
             raise ValueError(f"NuScenesReader: sweeps must be >= 0, got {sweeps}")
         if frames not in FRAMES:
             raise ValueError(f"NuScenesReader: frames must be one of {FRAMES}, got {frames!r}")
         self.dataroot = os.path.abspath(dataroot)
-        self.version, self.split, self.sweeps, self.frames = version, split, int(sweeps), frames
-        wanted = set(split_scene_names(split, version))
-        self.dataset_id = f"nuscenes:{version}:{split}" + ("" if frames == "keyframes" else f":{frames}")
+        self.version, self.sweeps, self.frames = version, int(sweeps), frames
+        self.split = split if scenes is None else _scene_list_id(scenes)
+        self.dataset_id = f"nuscenes:{version}:{self.split}" + ("" if frames == "keyframes" else f":{frames}")
         self._nusc: NuScenes | None = None
-        scenes = [s for s in self.nusc.scene if s["name"] in wanted]
-        if not scenes:
-            have = sorted(s["name"] for s in self.nusc.scene)
-            raise ValueError(f"{self.dataroot}: no scene of split {split!r} (dataset has {', '.join(have)})")
+        scene_rows = self._select_scenes(split, scenes)
         tokens: list[str] = []
         #: sweep frame token -> channel -> sample_data token of that channel's row nearest in time.
         self._sweep_frames: dict[str, dict[str, str]] = {}
         if frames == "keyframes":
-            for scene in scenes:
+            for scene in scene_rows:
                 tok = scene["first_sample_token"]
                 while tok:
                     tokens.append(tok)
                     tok = self._get("sample", tok, tok, "sample", "next")["next"]
         else:
-            tokens, self._sweep_frames = self._frame_tokens(scenes)
+            tokens, self._sweep_frames = self._frame_tokens(scene_rows)
             if not tokens:
                 raise ValueError(f"{self.dataroot}: split {split!r} has no {frames} frames (no is_key_frame=false "
                                  f"{SWEEP_KEY_CHANNEL} sample_data)")
         self.sample_tokens: tuple[str, ...] = tuple(tokens)
         self._index = {t: i for i, t in enumerate(tokens)}
+
+    def _select_scenes(self, split: str, names: Sequence[str] | None) -> list[dict[str, Any]]:
+        """Scene rows of ``names`` (when given), of every scene (``split == "all"``) or of a devkit split."""
+        table_root = os.path.join(self.dataroot, self.version)
+        rows = [require_fields(s, "scene", ("token", "name", "first_sample_token"), table_root)
+                for s in self.nusc.scene]
+        if names is not None:
+            missing = [n for n in dict.fromkeys(names) if n not in {s["name"] for s in rows}]
+            if missing or not names:
+                raise ValueError(f"{os.path.join(table_root, 'scene.json')}: no scene named "
+                                 f"{', '.join(missing[:5]) or '(empty scene list)'}"
+                                 f"{f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''}; "
+                                 f"it has {len(rows)} scenes, e.g. {', '.join(s['name'] for s in rows[:3])}")
+            return [s for s in rows if s["name"] in set(names)]
+        if split == ALL_SCENES:
+            if not rows:
+                raise ValueError(f"{os.path.join(table_root, 'scene.json')}: no scenes")
+            return rows
+        wanted = set(split_scene_names(split, self.version))
+        scenes = [s for s in rows if s["name"] in wanted]
+        if not scenes:
+            have = sorted(s["name"] for s in rows)
+            raise ValueError(f"{self.dataroot}: no scene of split {split!r} (dataset has {', '.join(have[:10])}"
+                             f"{f', ... {len(have)} in all' if len(have) > 10 else ''}; --split all reads "
+                             f"every scene, --scenes FILE a list)")
+        return scenes
 
     def _frame_tokens(self, scenes: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, str]]]:
         """Frame tokens in time order per scene (keyframes by sample token with ``frames="all"``,
@@ -241,20 +236,29 @@ class NuScenesReader:
             raise KeyError(f"{self.dataset_id}: no sample {index_or_token}")
         return str(index_or_token)
 
-    def _get(self, table: str, token: str, sample_token: str, referrer: str, fld: str) -> dict[str, Any]:
-        """``nusc.get`` with a missing token turned into a SampleError naming the referring table."""
+    def _get(self, table: str, token: str, sample_token: str, referrer: str, fld: str,
+             row: str = "") -> dict[str, Any]:
+        """``nusc.get`` of a row with every field of :data:`REQUIRED_FIELDS`.
+
+        Raises:
+            SampleError: ``token`` is missing (names the referring table, field and, when given, the
+                referring ``row``), or the row lacks a required field (names table, row token, field).
+        """
         try:
-            return cast("dict[str, Any]", self.nusc.get(table, token))
+            rec = cast("dict[str, Any]", self.nusc.get(table, token))
         except KeyError:
             path = os.path.join(self.dataroot, self.version, f"{referrer}.json")
-            raise SampleError(sample_token, f"{referrer}.{fld}", f"references missing {table} token {token}",
+            of = f" (record {row})" if row else ""
+            raise SampleError(sample_token, f"{referrer}.{fld}", f"references missing {table} token {token}{of}",
                               path) from None
+        return require_fields(rec, table, REQUIRED_FIELDS.get(table, ()), os.path.join(self.dataroot, self.version),
+                              sample_token)
 
     def _pose(self, sd: dict[str, Any], sample_token: str) -> tuple[Float64Array, Float64Array]:
         """``(ego_from_sensor, global_from_ego)`` of a sample_data record."""
         cs = self._get("calibrated_sensor", sd["calibrated_sensor_token"], sample_token, "sample_data",
-                       "calibrated_sensor_token")
-        pose = self._get("ego_pose", sd["ego_pose_token"], sample_token, "sample_data", "ego_pose_token")
+                       "calibrated_sensor_token", sd["token"])
+        pose = self._get("ego_pose", sd["ego_pose_token"], sample_token, "sample_data", "ego_pose_token", sd["token"])
         return (transform_from_quaternion(cs["rotation"], cs["translation"]),
                 transform_from_quaternion(pose["rotation"], pose["translation"]))
 
@@ -263,7 +267,7 @@ class NuScenesReader:
         if token is None:
             path = os.path.join(self.dataroot, self.version, "sample_data.json")
             raise SampleError(sample["token"], f"{channel} sample_data", "missing", path)
-        return self._get("sample_data", token, sample["token"], "sample", f"data[{channel}]")
+        return self._get("sample_data", token, sample["token"], "sample", f"data[{channel}]", sample["token"])
 
     def annotations(self, index_or_token: int | str) -> Annotations:
         """Detection-class annotations of a sample in its LiDAR frame (no point cloud read).
@@ -282,7 +286,7 @@ class NuScenesReader:
         lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
         rows, labels, pts, inst, attrs = [], [], [], [], []
         for ann_token in sample["anns"]:
-            ann = self._get("sample_annotation", ann_token, token, "sample", "anns")
+            ann = self._get("sample_annotation", ann_token, token, "sample", "anns", token)
             name = category_to_detection_name(ann["category_name"])
             if name is None:
                 continue
@@ -296,7 +300,8 @@ class NuScenesReader:
             labels.append(NUSCENES_CLASSES.index(name))
             pts.append(int(ann["num_lidar_pts"]))
             inst.append(ann["instance_token"])
-            attrs.append(",".join(self._get("attribute", a, token, "sample_annotation", "attribute_tokens")["name"]
+            attrs.append(",".join(self._get("attribute", a, token, "sample_annotation", "attribute_tokens",
+                                            ann_token)["name"]
                                   for a in ann["attribute_tokens"]))
         if rows:
             t, s, r, v = (np.array([row[i] for row in rows], dtype=np.float64) for i in range(4))
@@ -381,7 +386,7 @@ class NuScenesReader:
         for _ in range(self.sweeps):
             if not sd["prev"]:
                 break
-            sd = self._get("sample_data", sd["prev"], token, "sample_data", "prev")
+            sd = self._get("sample_data", sd["prev"], token, "sample_data", "prev", sd["token"])
             pts = load_points(os.path.join(self.dataroot, sd["filename"]), token)
             ego_from_lidar, global_from_ego = self._pose(sd, token)
             key_from_sweep = lidar_from_global @ global_from_ego @ ego_from_lidar
@@ -390,6 +395,12 @@ class NuScenesReader:
             moved[:, 4] = (lidar_sd["timestamp"] - sd["timestamp"]) / 1e6
             out.append(moved)
         return np.concatenate(out, axis=0).astype(np.float32)
+
+
+def _scene_list_id(names: Sequence[str]) -> str:
+    """``scenes-<count>-<10 hex of sha1 of the sorted unique names>``: the same list, the same id."""
+    unique = sorted(set(names))
+    return f"scenes-{len(unique)}-{hashlib.sha1(chr(10).join(unique).encode()).hexdigest()[:10]}"
 
 
 def _nearest(chain: list[tuple[int, str, bool, str]], timestamp: int) -> str:
@@ -402,4 +413,5 @@ def _nearest(chain: list[tuple[int, str, bool, str]], timestamp: int) -> str:
     return chain[best][1]
 
 
-__all__ = ["FRAMES", "Annotations", "NuScenesReader", "NuScenesTableError", "load_nuscenes", "split_scene_names"]
+__all__ = ["ALL_SCENES", "FOREIGN_KEYS", "FRAMES", "REQUIRED_FIELDS", "Annotations", "NuScenesReader",
+           "NuScenesTableError", "explain_broken_tables", "load_nuscenes", "split_scene_names"]

@@ -3,9 +3,9 @@ targets at hand (cache schema or live teacher)."""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+import typing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from storage.grid import BEVGrid
 from storage.nuscenes_eval import DetectionMetrics
 from storage.sample import SampleReader
 from student.config import StudentConfig
+from student.config_io import from_plain, to_plain
 from student.dataset import DataConfig, open_cache
 from student.losses import DistillationConfig, LossWeights, TeacherShapes
 from student.packed_targets import spec_from_output, spec_from_schema
@@ -38,7 +39,7 @@ class TrainConfig:
         warmup_steps: linear learning-rate warm-up; then cosine decay to 0 over the run
             (computed from the step, so a resumed run follows the same schedule).
         seed: model init, data order and augmentation.
-        workers: DataLoader worker processes per rank.
+        workers: DataLoader worker processes per rank (``bevkd train --loader-workers``).
         device: ``"auto"`` (``cuda:<LOCAL_RANK>`` if available, else CPU), ``"cpu"``, ``"cuda"``.
         amp: mixed precision: CUDA float16 autocast with a gradient scaler (CPU: bfloat16 autocast).
         out_dir: checkpoints, logs and evaluation output.
@@ -55,6 +56,13 @@ class TrainConfig:
             ``distill.pseudo_label_min_score`` (sets :attr:`DistillationConfig.unlabelled_pseudo_labels`);
             False: unlabelled rows get distillation terms only.
         progress: show a tqdm bar (rank 0).
+        eval_every: also evaluate with the devkit every N optimizer steps (0: only at the end);
+            each result is appended to the JSONL log as ``{"step": N, "event": "eval", ...}``.
+        tensorboard: also write TensorBoard event files (``out_dir/tensorboard``, rank 0) with
+            every loss term, the learning rate and evaluation metrics.
+        backbone_weights: a torchvision-format ResNet state dict (``resnet50-*.pth``; ``fc.*``
+            ignored) loaded into the image backbone before training (weights-only); None: the
+            backbone starts from ``BackboneConfig`` (random init unless ``pretrained``).
     """
 
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -82,14 +90,20 @@ class TrainConfig:
     distance_bands: tuple[float, ...] = ()
     unlabelled_pseudo_labels: bool = False
     progress: bool = True
+    eval_every: int = 0
+    tensorboard: bool = False
+    backbone_weights: str | None = None
 
     def __post_init__(self) -> None:
         """Raises ValueError for a run that cannot take a step (steps, epochs, batch size, stop_after < 1),
-        or for both ``resume`` and ``overwrite``."""
+        negative ``workers``, ``eval_every`` or ``checkpoint_every``, or both ``resume`` and ``overwrite``."""
         for name in ("steps", "epochs", "batch_size", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name} must be at least 1, got {value}")
+        for name in ("workers", "eval_every", "checkpoint_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume continues the run in out_dir, overwrite replaces it; give one")
 
@@ -99,10 +113,17 @@ class TrainConfig:
         return self.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["student"] = self.student.to_dict()
-        d["distill"] = None if self.distill is None else self.distill.to_dict()
-        return json.loads(json.dumps(d, default=str))
+        """Plain JSON/YAML-able data (nested dicts, lists, scalars); :meth:`from_dict` reads it back."""
+        return typing.cast(dict[str, Any], to_plain(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; missing keys keep their defaults.
+
+        Raises:
+            student.config_io.ConfigError: an unknown key or a wrong-typed value (names the dotted key).
+        """
+        return typing.cast(TrainConfig, from_plain(cls, d))
 
 
 @dataclass(frozen=True, kw_only=True)

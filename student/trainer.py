@@ -13,10 +13,10 @@ student is evaluated with the nuScenes devkit (:mod:`student.evaluate`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -28,16 +28,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from storage.checkpoint import load_checkpoint
-from storage.errors import CheckpointError
 from storage.grid import BEVGrid
 from storage.sample import SampleReader
+from storage.nuscenes_eval import DetectionMetrics
 from student.dataset import Collate, LoaderBatch, MixedDataset, StudentDataset, cache_depth_geometry, open_cache
+from student.loader_errors import BatchFailure, GuardedCollate, GuardedDataset
 from student.evaluate import evaluate_student
 from student.losses import DistillationLoss, TeacherTargets
 from student.losses.combined import LossBreakdown
 from student.model import StudentModel, StudentOutput
+from student.model.resnet import load_backbone_weights
 from student.packed_targets import live_teacher_targets, packed_to_teacher_targets
+from student.run_files import claim_out_dir, load_student, params_sha256, read_state, save_state
+from student.run_log import RunLog
 from student.train_config import (TrainConfig, TrainResult, choose_targets, default_distillation,
                                   required_targets)
 from teachers.centerhead import CenterHeadOutput
@@ -100,13 +103,6 @@ def _device(name: str, local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
-
-
 def _batch_targets(batch: LoaderBatch, device: torch.device, teacher: nn.Module | None) -> TeacherTargets | None:
     if batch.targets is None:
         return None
@@ -148,7 +144,7 @@ def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | o
     try:
         run = _Run(config, reader, cache_path, teacher, expect_grid, d, device,
                    unlabelled=None if unlabelled_reader is None else (unlabelled_reader, unlabelled_cache))
-        run.train()
+        run.train(eval_reader)
         return run.finish(eval_reader)
     finally:
         if d.owns_group:
@@ -164,7 +160,7 @@ class _Run:
         self.config, self.d, self.device = config, d, device
         self.out_dir = Path(config.out_dir)
         self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
-        _claim_out_dir(self.out_dir, self.ckpt_path, config, d.rank)
+        claim_out_dir(self.out_dir, self.ckpt_path, config, d.rank)
         self.online = teacher if (cache_path is None and teacher is not None and not config.no_distill) else None
         if self.online is not None:
             self.online.to(device).eval()
@@ -192,6 +188,8 @@ class _Run:
         self.position = {"step": 0, "epoch": 0, "batch": 0}
         if config.resume and self.ckpt_path.exists():
             self._load()
+        else:
+            self._init_backbone()
         self.ddp: nn.Module = self.wrapper
         if d.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -201,12 +199,24 @@ class _Run:
         self.per_epoch = math.ceil(len(self.sampler) / config.batch_size)
         self.total = config.steps if config.steps is not None else config.epochs * self.per_epoch
         self.log_path = self.out_dir / ("train_log.jsonl" if d.rank == 0 else f"train_log.rank{d.rank}.jsonl")
-        _truncate_log(self.log_path, self.position["step"])
+        tb_dir = self.out_dir / "tensorboard" if config.tensorboard and d.rank == 0 else None
+        self.log = RunLog(self.log_path, self.position["step"], tb_dir)
         self.times: list[float] = []
         self.last: dict[str, float] = {}
 
+    def _init_backbone(self) -> None:
+        """Load ``config.backbone_weights`` into the backbone (one line on stderr saying what was
+        loaded), or warn that a full-width backbone trains from scratch."""
+        c, say = self.config, (lambda msg: print(msg, file=sys.stderr) if self.d.rank == 0 else None)
+        if c.backbone_weights is not None:
+            say(f"train: backbone: {load_backbone_weights(self.model.backbone, c.backbone_weights)}")
+        elif self.model.backbone.conv1.out_channels == 64 and not self.model.pretrained_loaded:
+            say(f"train: WARNING: the ResNet-{self.model.backbone.depth} backbone trains from scratch (no ImageNet "
+                "weights): expect far lower mAP than BEVDepth reports; pass --backbone-weights FILE (a torchvision "
+                f"resnet{self.model.backbone.depth} state dict)")
+
     def _load(self) -> None:
-        state = _read_state(self.ckpt_path, self.device, ("model", "optimizer", "scaler", "position"))
+        state = read_state(self.ckpt_path, self.device, ("model", "optimizer", "scaler", "position"))
         self.wrapper.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -215,41 +225,61 @@ class _Run:
     def save(self) -> None:
         """Checkpoint (rank 0): model + loss modules, optimizer, scaler, position, configs."""
         if self.d.rank == 0:
-            _save(self.ckpt_path, {"model": self.wrapper.state_dict(), "optimizer": self.opt.state_dict(),
+            save_state(self.ckpt_path, {"model": self.wrapper.state_dict(), "optimizer": self.opt.state_dict(),
                                    "scaler": self.scaler.state_dict(), "position": dict(self.position),
                                    "config": self.config.to_dict(),  # JSON data: loads weights-only
                                    "distill": json.loads(json.dumps(self.distill.to_dict()))})
 
-    def train(self) -> None:
+    def train(self, eval_reader: SampleReader | None = None) -> None:
+        """Train to the run's end (or ``stop_after``), evaluating on ``eval_reader`` every
+        ``config.eval_every`` steps before the last (the last step's evaluation is :meth:`finish`'s)."""
         from tqdm import tqdm
 
         c = self.config
         bar = tqdm(total=self.total, initial=self.position["step"], desc="train", unit="step",
                    disable=not (c.progress and self.d.rank == 0))
-        collate = Collate(self.ds.grid, c.student.image_hw)
+        collate = GuardedCollate(Collate(self.ds.grid, c.student.image_hw))
         stop = self.total if c.stop_after is None else min(self.total, self.position["step"] + c.stop_after)
-        with self.log_path.open("a") as log:
-            while self.position["step"] < stop:
-                epoch, skip = self.position["epoch"], self.position["batch"]
-                self.sampler.set_epoch(epoch)
-                self.ds.set_epoch(epoch)
-                indices = list(self.sampler)[skip * c.batch_size:]  # resume mid-epoch without loading skipped rows
-                loader = DataLoader(self.ds, batch_size=c.batch_size, sampler=indices, num_workers=c.workers,
-                                    collate_fn=collate, pin_memory=self.device.type == "cuda")
-                for lb in loader:
-                    if self.position["step"] >= stop:
-                        break
-                    self._step(lb, log)
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in self.last.items()
-                                     if k in ("total", "detection_heatmap", "dense_feature", "depth_bce")})
-                if self.position["batch"] >= self.per_epoch:  # epoch done: next position is the next epoch's start
-                    self.position.update(epoch=epoch + 1, batch=0)
-                    self.save()
+        while self.position["step"] < stop:
+            epoch, skip = self.position["epoch"], self.position["batch"]
+            self.sampler.set_epoch(epoch)
+            self.ds.set_epoch(epoch)
+            indices = list(self.sampler)[skip * c.batch_size:]  # resume mid-epoch without loading skipped rows
+            loader = DataLoader(GuardedDataset(self.ds), batch_size=c.batch_size, sampler=indices,
+                                num_workers=c.workers, collate_fn=collate, pin_memory=self.device.type == "cuda")
+            for lb in loader:
+                if self.position["step"] >= stop:
+                    break
+                self._step(lb)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in self.last.items()
+                                 if k in ("total", "detection_heatmap", "dense_feature", "depth_bce")})
+                step = self.position["step"]
+                if c.eval_every and step % c.eval_every == 0 and step < self.total and eval_reader is not None:
+                    self.evaluate(eval_reader, self.out_dir / "eval" / f"step_{step:07d}")
+            if self.position["batch"] >= self.per_epoch:  # epoch done: next position is the next epoch's start
+                self.position.update(epoch=epoch + 1, batch=0)
+                self.save()
         bar.close()
         self.save()
 
-    def _step(self, lb: LoaderBatch, log) -> None:
+    def evaluate(self, eval_reader: SampleReader, output_dir: Path, log: bool = True) -> DetectionMetrics | None:
+        """Devkit metrics of the model now (rank 0; other ranks wait), appended to the log if ``log``."""
+        metrics = None
+        if self.d.rank == 0:
+            metrics = evaluate_student(self.model, eval_reader, self.config.student, device=self.device,
+                                       output_dir=output_dir, batch_size=self.config.batch_size,
+                                       score_threshold=self.config.eval_score_threshold,
+                                       distance_bands=self.config.distance_bands)
+            if metrics is not None and log:
+                self.log.evaluation(self.position["step"], getattr(eval_reader, "split", "?"), metrics)
+        if self.d.world > 1:
+            dist.barrier()
+        return metrics
+
+    def _step(self, lb: LoaderBatch | BatchFailure) -> None:
+        if isinstance(lb, BatchFailure):
+            raise lb.error
         c, step = self.config, self.position["step"]
         t0 = time.perf_counter()
         for group in self.opt.param_groups:
@@ -270,9 +300,8 @@ class _Run:
             torch.cuda.synchronize(self.device)
         self.times.append(time.perf_counter() - t0)
         self.position.update(step=step + 1, batch=self.position["batch"] + 1)
-        log.write(json.dumps({"step": step + 1, "epoch": self.position["epoch"], "lr": self.opt.param_groups[0]["lr"],
-                              "seconds": self.times[-1], "tokens": list(lb.sample_tokens), **self.last}) + "\n")
-        log.flush()
+        self.log.step({"step": step + 1, "epoch": self.position["epoch"], "lr": self.opt.param_groups[0]["lr"],
+                       "seconds": self.times[-1], "tokens": list(lb.sample_tokens), **self.last})
         if c.checkpoint_every and (step + 1) % c.checkpoint_every == 0:
             self.save()
 
@@ -283,11 +312,10 @@ class _Run:
                 dist.broadcast(buf, src=0)
             dist.barrier()
         metrics = None
-        if eval_reader is not None and self.d.rank == 0:
-            metrics = evaluate_student(self.model, eval_reader, self.config.student, device=self.device,
-                                       output_dir=self.out_dir / "eval", batch_size=self.config.batch_size,
-                                       score_threshold=self.config.eval_score_threshold,
-                                       distance_bands=self.config.distance_bands)
+        if eval_reader is not None:  # logged beside the periodic ones
+            metrics = self.evaluate(eval_reader, self.out_dir / "eval",
+                                    log=bool(self.config.eval_every or self.config.tensorboard))
+        self.log.close()
         steady = self.times[1:] or self.times
         sec = float(sum(steady) / max(len(steady), 1))
         name = "summary.json" if self.d.rank == 0 else f"summary.rank{self.d.rank}.json"
@@ -319,67 +347,6 @@ def _unlabelled_dataset(config: TrainConfig, data: Any, unlabelled: tuple[Sample
                              f" ((w, h), stride), the labelled cache for {geometry}")
     return StudentDataset(reader, config.student, data, cache=ucache, train=True, seed=config.seed + 1,
                           online_grid=online_grid, cache_targets=need or None)
-
-
-def params_sha256(module: nn.Module) -> str:
-    """sha256 of every parameter and buffer (name order), to compare DDP replicas."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_student(checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu") -> StudentModel:
-    """The trained student of a :func:`train_student` checkpoint, in eval mode.
-
-    Raises:
-        storage.errors.CheckpointError: the file is missing, unreadable, not a student checkpoint,
-            or asks to run code (it is loaded weights-only).
-    """
-    from student.config import StudentConfig
-
-    state = _read_state(checkpoint, device, ("model", "config"))
-    model = StudentModel(StudentConfig.from_dict(state["config"]["student"]))
-    model.load_state_dict({k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")})
-    return model.to(device).eval()
-
-
-def _claim_out_dir(out_dir: Path, ckpt_path: Path, config: TrainConfig, rank: int) -> None:
-    """Make ``out_dir``, refusing to replace a run already there unless ``resume`` or ``overwrite``
-    (with ``overwrite`` rank 0 removes the old checkpoint, the log is rewritten from step 0).
-
-    Raises:
-        FileExistsError: ``out_dir`` holds a checkpoint or loss log and neither flag is set.
-    """
-    old = [p for p in (ckpt_path, out_dir / "train_log.jsonl") if p.exists()]
-    if old and not (config.resume or config.overwrite):
-        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(map(str, old))}); pass --resume to "
-                              "continue it or --overwrite to replace it, or choose another --out")
-    if config.overwrite and rank == 0:
-        ckpt_path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _read_state(path: str | os.PathLike[str], device: torch.device | str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A :func:`train_student` checkpoint, loaded weights-only (nothing in it runs).
-
-    Raises:
-        storage.errors.CheckpointError: unreadable, refused, or missing one of ``keys``.
-    """
-    state = load_checkpoint(path, map_location=device)
-    if not isinstance(state, dict) or any(k not in state for k in keys):
-        have = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"checkpoint {path}: not a student checkpoint (needs {list(keys)}, has {have})")
-    return state
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps ``<= step`` (a resumed run rewrites what follows)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 __all__ = ["StudentWithLoss", "TrainConfig", "TrainResult", "default_distillation", "load_student", "params_sha256",

@@ -89,7 +89,7 @@ def test_shard_without_fragment_is_invisible(tmp_path, capsys):
     assert writer.pending_shards() == [1]
     report = verify_cache(cache)
     assert report.ok and report.uncommitted_shards == [1] and report.rows_checked == 6
-    assert main(["verify", cache, "--no-progress"]) == 0
+    assert main(["verify", cache, "--no-progress"]) == 3  # sound but incomplete (issue 12, defect 10)
     assert "shards [1] hold data but no manifest fragment" in capsys.readouterr().out
 
 

@@ -18,7 +18,8 @@ def test_demo_writes_a_report_with_both_students_metrics(tmp_path, ray_session, 
     assert DEFAULT_TEACHER.exists(), "the project's reference teacher checkpoint must ship with the repo"
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--scenes", "3", "--samples-per-scene", "2", "--steps", "2",
-            "--batch-size", "1", "--workers", "0", "--device", "cpu", "--seeds", "2", "--unlabelled-per-sample", "1"]
+            "--batch-size", "1", "--loader-workers", "0", "--device", "cpu", "--seeds", "2",
+            "--unlabelled-per-sample", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     report = out / "report" / "index.html"
@@ -51,6 +52,12 @@ def test_demo_writes_a_report_with_both_students_metrics(tmp_path, ray_session, 
     assert len(shows) == 2 and all(p.name in page for p in shows)
     assert (out / "report" / "loss_curves.png").stat().st_size > 10_000
     assert (out / "report" / "band_gain.png").stat().st_size > 10_000
+
+    # the demo's cache explains itself: a bevkd-free zarr + numpy decode equals CacheReader, and xarray opens it
+    from test_self_describing import assert_plain_decode_equals_reader, assert_xarray_opens
+
+    assert_plain_decode_equals_reader(out / "cache", tmp_path)
+    assert_xarray_opens(out / "cache")
 
     # rerunning reuses every finished stage: same data, same cache, students resumed at their last step
     capsys.readouterr()

@@ -48,7 +48,7 @@ def _one_line(err: str, command: str) -> str:
 
 def _train_args(dataroot: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--dataroot", str(dataroot), "--split", "mini_val", "--out", str(out), "--student", "tiny",
-            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-eval", *extra]
+            "--batch-size", "2", "--loader-workers", "0", "--device", "cpu", "--no-eval", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,12 @@ crc32c when uncompressed) is Zarr's; this module does the value transforms aroun
 * ``float16`` / ``float32``: casts (float16 relative error <= 2^-11, |x| <= 65504; :func:`to_float16`
   is NumPy's round-to-nearest-even cast, without its slow path for float16 subnormals).
 * ``bitpack``: bool, 8 cells per byte (``np.packbits``, C order).
-* boxes: ``data`` ``(M_max, 11)`` float32 ``[x, y, z, l, w, h, yaw, vx, vy, score, label]``
-  padded with zeros, plus ``count`` ``()`` int32.
+* boxes: ``data`` ``(M_max, 11)`` float32 with columns :data:`~storage.cache.schema.BOX_COLUMNS`
+  ``[x, y, z, l, w, h, yaw, vx, vy, score, label]`` (:attr:`TargetSpec.stored_shape`) padded with
+  zeros, plus ``count`` ``()`` int32.
+
+What the stored arrays mean is also written beside them, for readers without bevkd
+(:mod:`storage.cache.describe`).
 
 Dequantisation can happen late, on the GPU: call :func:`dequantize` on torch tensors (it does
 ``data.float() ** power * scale[..., None, None] + offset[..., None, None]``; ``power`` is 1 for
@@ -158,7 +162,7 @@ def components(spec: TargetSpec) -> dict[str, tuple[tuple[int, ...], str]]:
     kind, codec = spec.kind, spec.codec
     assert codec is not None
     if kind == "boxes":
-        return {"data": ((spec.shape[0], 11), "float32"), "count": ((), "int32")}
+        return {"data": (spec.stored_shape, "float32"), "count": ((), "int32")}
     if codec.kind == "bitpack":
         return {"data": ((-(-int(np.prod(spec.shape)) // 8),), "uint8")}
     if codec.kind in ("quant_u8", "sqrt_u8"):
@@ -246,7 +250,7 @@ def _encode_boxes(spec: TargetSpec, boxes: Any, scores: Any, labels: Any) -> dic
     if m and (labels.min() < 0 or labels.max() >= 2 ** 24):
         raise TargetValueError(f"target boxes: labels outside [0, 2^24): {labels.min()}..{labels.max()}")
     _check_finite(spec, boxes)
-    data = np.zeros((spec.shape[0], 11), np.float32)
+    data = np.zeros(spec.stored_shape, np.float32)
     data[:m, :9], data[:m, 9], data[:m, 10] = boxes, scores, labels
     return {"data": data, "count": np.asarray(m, dtype=np.int32)}
 

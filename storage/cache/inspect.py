@@ -47,6 +47,8 @@ class CacheSummary:
     targets: list[TargetSummary]
     failures: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
+    #: broken or missing metadata files (:func:`storage.cache.layout.metadata_problems`), each naming its file
+    problems: list[str] = field(default_factory=list)
 
     @property
     def stored_bytes_per_row(self) -> float:
@@ -57,7 +59,7 @@ class CacheSummary:
         return sum(t.raw_bytes for t in self.targets)
 
 
-def _hints(s: CacheSchema, shards: int, ok: int, failed: int) -> list[str]:
+def _hints(s: CacheSchema, shards: int, ok: int, failed: int, problems: list[str]) -> list[str]:
     h, w = s.grid.bev_shape
     hints = [f"reusable by any student on grid range {list(s.grid.point_cloud_range)} with BEV {h}x{w} "
              f"(voxel {s.grid.voxel_size[0]:g} m, frame {s.grid.frame}); "
@@ -69,7 +71,12 @@ def _hints(s: CacheSchema, shards: int, ok: int, failed: int) -> list[str]:
     if s.views > 1:
         hints.append(f"{s.views} views per sample: rows carry view_matrix; "
                      "apply the same BEV augmentation to the student input")
-    if shards < s.num_shards:
+    if problems and not shards:
+        hints.append("its creation did not finish (metadata missing, nothing committed): rerun the same "
+                     "bevkd cache command to complete it")
+    elif problems:
+        hints.append(f"{len(problems)} metadata file(s) broken (listed above): bevkd verify names the rows affected")
+    elif shards < s.num_shards:
         hints.append(f"{s.num_shards - shards} of {s.num_shards} shards pending: rerun the cache job to resume")
     if failed:
         hints.append(f"{failed} failed rows: reasons are in the manifest 'error' column (first few below)")
@@ -78,10 +85,17 @@ def _hints(s: CacheSchema, shards: int, ok: int, failed: int) -> list[str]:
 
 def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None,
                   max_failures: int = 5) -> CacheSummary:
-    """Summarise a cache from its attributes and manifest."""
+    """Summarise a cache from its attributes and manifest, and check its metadata files
+    (``summary.problems``).
+
+    Raises:
+        FileNotFoundError: no bevkd cache at ``location``.
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
+    """
     store = stores.open_store(location, read_only=True, storage_options=storage_options)
     root, attrs = layout.open_root(store)
     schema = CacheSchema.from_dict(attrs)
+    problems = layout.metadata_problems(store, schema)
     table = manifest.read_manifest(store, [t.name for t in schema.targets])
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     ok = status == manifest.STATUS_OK
@@ -95,7 +109,7 @@ def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any]
     shards = len(manifest.committed_shards(store))
     return CacheSummary(location=stores.describe(store), schema=schema, shards_committed=shards,
                         rows_ok=int(ok.sum()), rows_failed=int((~ok).sum()), targets=targets, failures=failures,
-                        hints=_hints(schema, shards, int(ok.sum()), int((~ok).sum())))
+                        hints=_hints(schema, shards, int(ok.sum()), int((~ok).sum()), problems), problems=problems)
 
 
 def format_summary(s: CacheSummary) -> str:
@@ -117,6 +131,8 @@ def format_summary(s: CacheSummary) -> str:
     lines.append(f"{'total':<66}{_mb(s.raw_bytes_per_row):>12}{_mb(s.stored_bytes_per_row):>13}{total_ratio:>7.1f}x")
     if sc.views > 1:
         lines.append(f"per sample ({sc.views} views): {_mb(s.stored_bytes_per_row * sc.views)} stored")
+    if s.problems:
+        lines += ["", "metadata problems:"] + [f"  {p}" for p in s.problems]
     if s.failures:
         lines += ["", "failed rows (first few):"] + [f"  {f}" for f in s.failures]
     lines += ["", "reuse hints:"] + [f"  - {h}" for h in s.hints]

@@ -38,12 +38,12 @@ from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, Endian, ShardingCodec, ShardingCodecIndexLocation, ZstdCodec
 from zarr.types import AnyArray
 
-from storage.cache import stores
+from storage.cache import describe, manifest, stores
 from storage.cache._zarr_private import array_codecs, chunk_key
 from storage.cache.codecs import component_codec, components
 from storage.cache.schema import CacheSchema
 from storage.cache.shard_index import ShardIndex, crc32c_suffix
-from storage.errors import NotACacheError
+from storage.errors import CacheMetadataError, NotACacheError
 
 #: Root attribute holding the cache schema.
 ATTR = "bevkd_cache"
@@ -57,18 +57,25 @@ def array_path(target: str, component: str) -> str:
 
 
 def create_arrays(store: Store, schema: CacheSchema, *, overwrite: bool) -> zarr.Group:
-    """Create the root group (schema in its attributes) and every component array."""
+    """Create the root group (schema and conventions in its attributes) and, per target, its group
+    (decode recipe in its attributes), every component array (with ``dimension_names``) and, for
+    BEV targets, the metre coordinate arrays ``x`` / ``y`` (:mod:`storage.cache.describe`)."""
     root = zarr.open_group(store=store, mode="w" if overwrite else "w-", zarr_format=3)
-    root.attrs[ATTR] = schema.to_dict()
+    root.attrs.update({ATTR: schema.to_dict(), describe.CONVENTIONS_ATTR: describe.cache_attrs(schema)})
     n, s = schema.num_rows, schema.shard_size
     for spec in schema.targets:
+        group = root.require_group(f"targets/{spec.name}")
+        group.attrs[describe.TARGET_ATTR] = describe.target_attrs(spec, schema.grid)
         for comp, (shape, dtype) in components(spec).items():
             codec = component_codec(spec, comp)
             compressor = (ZstdCodec(level=codec.zstd_level, checksum=True) if codec.zstd_level is not None
                           else Crc32cCodec())
-            root.create_array(array_path(spec.name, comp), shape=(n, *shape), dtype=dtype,
-                              chunks=(1, *shape), shards=(s, *shape), compressors=[compressor],
-                              fill_value=0, config={"write_empty_chunks": True})
+            group.create_array(comp, shape=(n, *shape), dtype=dtype, chunks=(1, *shape), shards=(s, *shape),
+                               compressors=[compressor], fill_value=0, config={"write_empty_chunks": True},
+                               dimension_names=describe.component_dims(spec, comp),
+                               attributes=describe.component_attrs(spec, comp))
+        for axis, (values, attrs) in describe.coordinates(spec, schema.grid).items():
+            group.create_array(axis, data=values, dimension_names=(axis,), attributes=attrs)
     return root
 
 
@@ -78,11 +85,15 @@ def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict
 
     Raises:
         FileNotFoundError: no bevkd cache at the store's location.
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
     """
     try:
         root = zarr.open_group(store=store, mode="r+" if writable else "r", zarr_format=3)
     except (FileNotFoundError, KeyError) as e:
         raise FileNotFoundError(f"no bevkd cache at {stores.describe(store)} ({e})") from None
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError, or metadata of the wrong shape
+        raise CacheMetadataError(f"cache {stores.describe(store)}: {stores.key_location(store, 'zarr.json')} "
+                                 f"is not valid Zarr group metadata ({type(e).__name__}: {_first_line(e)})") from None
     attrs = root.attrs.get(ATTR)
     if not isinstance(attrs, Mapping):
         raise FileNotFoundError(f"{stores.describe(store)} is a Zarr group but not a bevkd cache (no '{ATTR}')")
@@ -145,10 +156,80 @@ def open_arrays(root: zarr.Group, schema: CacheSchema, targets: list[str] | None
 
 
 def _array(root: zarr.Group, path: str) -> AnyArray:
-    node = root[path]
+    meta = stores.key_location(root.store, f"{path}/zarr.json")
+    try:
+        node = root[path]
+    except KeyError:
+        raise CacheMetadataError(f"cache {stores.describe(root.store)}: array metadata {meta} missing") from None
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError, or metadata of the wrong shape
+        raise CacheMetadataError(f"cache {stores.describe(root.store)}: {meta} is not valid Zarr array metadata "
+                                 f"({type(e).__name__}: {_first_line(e)})") from None
     if not isinstance(node, zarr.Array):
-        raise FileNotFoundError(f"cache {stores.describe(root.store)}: {path} is a group, not an array")
+        raise CacheMetadataError(f"cache {stores.describe(root.store)}: {meta} is a group, not an array")
     return node
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+
+
+def metadata_problems(store: Store, schema: CacheSchema) -> list[str]:
+    """What is wrong with a cache's metadata besides its root ``zarr.json``: the sample index
+    (missing, unreadable, wrong length) and every component array's ``zarr.json`` (missing, not
+    JSON, not an array, wrong row count). Empty when the cache was completely created.
+
+    :meth:`storage.cache.CacheWriter.create` writes the sample index last, so a cache whose
+    creation was interrupted (disk full, kill) lacks it. Each problem names its file.
+    """
+    problems = []
+    index = stores.key_location(store, SAMPLES_KEY)
+    try:
+        tokens = read_samples(store)
+    except FileNotFoundError:
+        problems.append(f"sample index {index} missing")
+    except (OSError, ValueError, pa.ArrowException) as e:
+        problems.append(f"sample index {index} unreadable ({type(e).__name__}: {_first_line(e)})")
+    else:
+        if len(tokens) * schema.views != schema.num_rows:
+            problems.append(f"sample index {index} lists {len(tokens)} samples, the schema "
+                            f"{schema.num_rows // max(schema.views, 1)}")
+    for spec in schema.targets:
+        for comp, (shape, _) in components(spec).items():
+            key = f"{array_path(spec.name, comp)}/zarr.json"
+            data = stores.get_bytes(store, key)
+            where = stores.key_location(store, key)
+            if data is None:
+                problems.append(f"array metadata {where} missing")
+                continue
+            try:
+                meta = json.loads(data)
+            except ValueError as e:
+                problems.append(f"{where} is not valid JSON ({_first_line(e)})")
+                continue
+            if not isinstance(meta, dict) or meta.get("node_type") != "array":
+                problems.append(f"{where} is not Zarr array metadata (no node_type 'array')")
+            elif list(meta.get("shape") or []) != [schema.num_rows, *shape]:
+                problems.append(f"{where}: shape {meta.get('shape')} but the schema says "
+                                f"{[schema.num_rows, *shape]}")
+    return problems
+
+
+def unfinished_creation(store: Store) -> str | None:
+    """Why the bevkd cache at ``store`` counts as half-created, or None.
+
+    Half-created: its root ``zarr.json`` is a bevkd cache's (:func:`is_cache`), no shard is
+    committed, and :func:`metadata_problems` finds something (its creation was interrupted).
+    Such a cache holds nothing of value: :meth:`storage.cache.CacheWriter.create` replaces it.
+    """
+    if not is_cache(store) or manifest.committed_shards(store):
+        return None
+    try:
+        _, attrs = open_root(store)
+        schema = CacheSchema.from_dict(attrs)
+    except (FileNotFoundError, CacheMetadataError, ValueError, KeyError, TypeError) as e:
+        return f"its schema is unreadable ({type(e).__name__}: {_first_line(e)})"
+    problems = metadata_problems(store, schema)
+    return "; ".join(problems) if problems else None
 
 
 def shard_key(array: AnyArray, shard_index: int) -> str:

@@ -1,6 +1,8 @@
 """Reading a cache: random access to committed rows, typed as :class:`storage.cache.row.CacheRow`.
 
-Only rows of committed shards (those with a manifest fragment) are visible. Every read is
+Only rows of committed shards (those with a manifest fragment, or rows in the compacted
+manifest) are visible; a manifest row index that does not fit the cache is refused when the
+manifest is read. Every read is
 checked twice: each chunk's Zstd content checksum (or crc32c when uncompressed) and the shard
 index crc32c (:mod:`storage.cache.chunks`), and the crc32c of the decompressed bytes against
 the manifest's (a missing or stale shard fails here). Any failure raises
@@ -83,9 +85,17 @@ class CacheReader:
                                      f"expected {dataset.to_dict()}")
 
     def refresh(self) -> None:
-        """Reload the manifest (to see shards committed or replaced since opening)."""
+        """Reload the manifest (to see shards committed or replaced since opening): the compacted
+        manifest plus the fragments committed since (:mod:`storage.cache.manifest`).
+
+        Raises:
+            CacheCorruptError: a manifest row index outside the cache or its shard (names the
+                manifest file and the row).
+        """
         self._fetcher.clear()
-        self.rows: pa.Table = manifest.read_manifest(self.store, [t.name for t in self.schema.targets])
+        fits = manifest.RowLayout(num_rows=self.schema.num_rows, shard_size=self.schema.shard_size,
+                                  views=self.schema.views)
+        self.rows: pa.Table = manifest.read_manifest(self.store, [t.name for t in self.schema.targets], layout=fits)
         row = self.rows.column("row").to_numpy()
         self._pos = {int(r): i for i, r in enumerate(row)}
         self._meta_cols = {c: self.rows.column(c).to_pylist() for c in ("sample_token", "view", "status", "error")}
@@ -159,7 +169,7 @@ class CacheReader:
                 raise CacheRowError(f"cache {self.location}: row {r} outside [0, {self.schema.num_rows})")
             token = self.sample_tokens[r // self.schema.views]
             raise CacheRowError(f"cache {self.location}: sample {token} view {r % self.schema.views} (row {r}) "
-                                f"is not committed: shard {r // self.schema.shard_size} has no manifest fragment")
+                                f"is not committed: shard {r // self.schema.shard_size} has no manifest rows")
         i = self._pos[r]
         meta = {c: col[i] for c, col in self._meta_cols.items()}
         if meta["status"] != manifest.STATUS_OK:

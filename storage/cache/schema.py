@@ -16,7 +16,8 @@ name                        logical shape      meaning
 ==========================  =================  ====================================
 ``bev_features/<stage>``    ``(C, H, W)``      float32 BEV map, BEV frame
 ``heatmap``                 ``(K, H, W)``      float32 class heatmap in [0, 1]
-``boxes``                   ``(M_max, 9)``     float32 boxes + scores + labels, ragged
+``boxes``                   ``(M_max, 9)``     float32 boxes, plus scores and labels, ragged;
+                                               stored as ``(M_max, 11)`` :data:`BOX_COLUMNS`
 ``instance_features``       ``(M_max, C)``     float32 features at box centres, ragged
 ``lidar_depth``             ``(6, h, w)``      float32 metres, 0 = no point, camera frame
 ``depth_probs``             ``(6, D, h, w)``   float32 softmax over D, camera frame
@@ -45,6 +46,14 @@ SCHEMA_VERSION = 1
 #: ``unit_u8``: values in [0, 1] as round(255 x); ``float16`` / ``float32``: plain casts;
 #: ``bitpack``: bool packed 8 per byte.
 CODEC_KINDS = ("quant_u8", "sqrt_u8", "unit_u8", "float16", "float32", "bitpack")
+#: The stored columns of the ``boxes`` target, one truth for schema, codec and attributes: the
+#: logical value is ``(boxes (M, 9) [x, y, z, l, w, h, yaw, vx, vy], scores (M,), labels (M,))``
+#: and the ``data`` component is ``(M_max, 11)`` float32 with these columns (gravity centre, m;
+#: yaw CCW from +x, rad; velocity m/s; score in [0, 1]; label an integer-valued class index),
+#: zero-padded past the row's ``count``.
+BOX_COLUMNS: tuple[str, ...] = ("x", "y", "z", "l", "w", "h", "yaw", "vx", "vy", "score", "label")
+#: Units of :data:`BOX_COLUMNS` (``1``: dimensionless).
+BOX_COLUMN_UNITS: tuple[str, ...] = ("m", "m", "m", "m", "m", "m", "rad", "m/s", "m/s", "1", "1")
 
 @dataclass(frozen=True, kw_only=True)
 class Codec:
@@ -112,6 +121,9 @@ class TargetField:
             of the value's tuple (``boxes``: boxes, scores, labels); empty: the attribute ``name``.
         attr_dtypes: logical dtype of each of ``attrs`` (``boxes``: float32, float32, int64);
             empty: ``dtype`` for every attribute.
+        columns: names of the stored last axis when the stored array packs several attributes
+            into one (``boxes``: :data:`BOX_COLUMNS`, 9 box values then score and label); empty:
+            stored as the logical shape.
     """
 
     name: str
@@ -123,6 +135,7 @@ class TargetField:
     warp: str
     attrs: tuple[str, ...] = ()
     attr_dtypes: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
 
     @property
     def ragged(self) -> bool:
@@ -158,7 +171,8 @@ TARGET_FIELDS: tuple[TargetField, ...] = (
                 frame="bev", warp="bilinear"),
     TargetField(name="boxes", shape=("M", "9"), dtype="float32", codecs=("float32",),
                 default_codec=Codec(kind="float32", zstd_level=1), frame="bev", warp="boxes",
-                attrs=("boxes", "scores", "labels"), attr_dtypes=("float32", "float32", "int64")),
+                attrs=("boxes", "scores", "labels"), attr_dtypes=("float32", "float32", "int64"),
+                columns=BOX_COLUMNS),
     TargetField(name="instance_features", shape=("M", "C"), dtype="float32", codecs=("float16", "float32"),
                 default_codec=Codec(kind="float16", zstd_level=1), frame="bev", warp="with_boxes"),
     TargetField(name="lidar_depth", shape=("6", "h", "w"), dtype="float32", codecs=("float16", "float32"),
@@ -267,9 +281,20 @@ class TargetSpec:
         extra = self.shape[0] * (len(self.field.row_attrs) - 1)  # scores, labels: one value per box
         return (n + extra) * (1 if self.dtype == "bool" else 4)
 
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the stored ``data`` before its codec (``boxes``: ``(M_max, 11)``, one
+        column per :attr:`TargetField.columns`); the logical :attr:`shape` otherwise."""
+        columns = self.field.columns
+        return (*self.shape[:-1], len(columns)) if columns else self.shape
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "frame": self.frame,
-                "codec": self.codec.to_dict()}  # type: ignore[union-attr]
+        d = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "frame": self.frame,
+             "codec": self.codec.to_dict()}  # type: ignore[union-attr]
+        if self.field.columns:  # informative (derived from the field): what the stored last axis holds
+            d["stored_shape"] = list(self.stored_shape)
+            d["columns"] = list(self.field.columns)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TargetSpec:

@@ -5,6 +5,13 @@ A cache location is a local directory (``str`` / ``Path`` / ``file://``), any fs
 store object (e.g. :class:`zarr.storage.MemoryStore`). Manifest fragments and the sample index
 are plain keys of the same store.
 
+Object storage: ``s3://`` needs ``s3fs``. Credentials and the endpoint come from the usual AWS
+settings of each process (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, an instance role;
+``AWS_ENDPOINT_URL=http://host:port`` for an S3-compatible server such as MinIO or moto), so the
+CLI, Ray actors and DataLoader workers all reach the same bucket without flags; in Python,
+``storage_options`` (e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}``) override them.
+Tested against a local moto server (``tests/test_s3.py``).
+
 Atomicity of ``put_bytes``: :class:`zarr.storage.LocalStore` writes a temporary file and
 renames it; object stores (fsspec) write a key with a single PUT; :class:`MemoryStore` assigns
 a dict entry. A reader therefore never sees half a fragment.

@@ -5,6 +5,10 @@ chunk must be present in the shard index, decode (Zarr checks the Zstd content c
 crc32c and the shard-index crc32c) and match the manifest's crc32c of the decompressed bytes.
 Each problem names the row, sample token, view, target and key. Shards with data but no
 fragment are listed too (they are invisible to readers; the cache job rewrites them).
+
+Metadata is checked first (:func:`storage.cache.layout.metadata_problems`: the sample index and
+every array's ``zarr.json``, each problem naming its file). A cache is *complete* when its
+creation finished and every shard is committed; an incomplete one may still be fully sound.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from storage.arrays import AnyDtypeArray
 from storage.cache import layout, manifest, stores
 from storage.cache.schema import CacheSchema
 from storage.cache.writer import row_checksum
+from storage.errors import CacheMetadataError
 
 
 @dataclass(kw_only=True)
@@ -59,10 +64,26 @@ class VerifyReport:
     rows_failed_in_job: int = 0
     problems: list[RowProblem] = field(default_factory=list)
     uncommitted_shards: list[int] = field(default_factory=list)
+    #: broken or missing metadata files (each names the file)
+    metadata_problems: list[str] = field(default_factory=list)
+    num_shards: int = 0
+    shards_committed: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """Every committed ok row reads back as written and no metadata file is broken."""
+        return not self.problems and not self.metadata_problems
+
+    @property
+    def creation_unfinished(self) -> bool:
+        """The cache's creation did not finish (metadata missing, nothing committed): rerunning
+        the cache job completes it."""
+        return bool(self.metadata_problems) and self.shards_committed == 0
+
+    @property
+    def complete(self) -> bool:
+        """Creation finished and every shard is committed."""
+        return not self.creation_unfinished and self.shards_committed == self.num_shards
 
 
 def _uncommitted(store: Any, arrays: dict[str, dict[str, AnyArray]], committed: set[int]) -> list[int]:
@@ -129,14 +150,29 @@ def verify_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] 
 
     Returns:
         a :class:`VerifyReport`; ``report.ok`` is False when any committed ok row is missing
-        or corrupt.
+        or corrupt or a metadata file is broken; ``report.complete`` is False when shards are
+        not committed yet or the cache's creation did not finish.
+
+    Raises:
+        FileNotFoundError: no bevkd cache at ``location``.
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
     """
     store = stores.open_store(location, read_only=True, storage_options=storage_options)
     root, attrs = layout.open_root(store)
     schema = CacheSchema.from_dict(attrs)
-    arrays = layout.open_arrays(root, schema)
-    report = VerifyReport(location=stores.describe(store))
     committed = manifest.committed_shards(store)
+    report = VerifyReport(location=stores.describe(store), num_shards=schema.num_shards,
+                          shards_committed=len(committed), metadata_problems=layout.metadata_problems(store, schema))
+    if report.creation_unfinished:
+        return report
+    arrays: dict[str, dict[str, AnyArray]] = {}
+    for spec in schema.targets:  # a target whose metadata is broken is reported above, its rows not read
+        try:
+            arrays.update(layout.open_arrays(root, schema, [spec.name]))
+        except CacheMetadataError:
+            continue
+    if not arrays:
+        return report
     report.uncommitted_shards = _uncommitted(store, arrays, set(committed))
     for shard in committed:
         table = manifest.read_fragment(store, shard)

@@ -33,6 +33,7 @@ from storage.cache._zarr_private import sync
 from storage.cache.codecs import components, encode
 from storage.cache.row import CacheRow
 from storage.cache.schema import CacheSchema
+from storage.errors import CacheIncompleteError, CacheWriteError
 
 
 @dataclass(kw_only=True, eq=False)
@@ -84,6 +85,31 @@ class ShardReport:
     write_s: float = 0.0
 
 
+def write_error(store: Any, what: str, exc: OSError) -> CacheWriteError:
+    """The one-line :class:`CacheWriteError` for an ``OSError`` raised while writing ``what``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" at {exc.filename}" if exc.filename else ""
+    return CacheWriteError(exc.errno, f"cache {stores.describe(store)}: cannot write {what}: {reason}{where}; "
+                                      "nothing committed is lost, free space or fix permissions and rerun to resume")
+
+
+def _manifest_rows(table: Any, target_names: list[str]) -> dict[int, manifest.ManifestRow]:
+    """row -> :class:`manifest.ManifestRow` of a committed fragment (the inverse of
+    :func:`manifest.fragment_table`)."""
+    d = table.to_pydict()
+    out = {}
+    for j, r in enumerate(d["row"]):
+        ok = d["status"][j] == manifest.STATUS_OK
+        out[int(r)] = manifest.ManifestRow(
+            sample_token=d["sample_token"][j], row=int(r), shard=int(d["shard"][j]), scene=d["scene"][j],
+            timestamp_us=int(d["timestamp_us"][j]), view=int(d["view"][j]),
+            view_matrix=np.asarray(d["view_matrix"][j], np.float64).reshape(4, 4), status=d["status"][j],
+            error=d["error"][j], crc32c={n: int(d[f"crc32c:{n}"][j]) for n in target_names} if ok else {},
+            nbytes={n: int(d[f"nbytes:{n}"][j]) for n in target_names} if ok else {},
+            labelled=bool(d["labelled"][j]) if "labelled" in d else True)
+    return out
+
+
 def row_checksum(comps: dict[str, AnyDtypeArray]) -> int:
     """crc32c of the stored, uncompressed component bytes (component order, C order)."""
     crc = 0
@@ -118,17 +144,30 @@ class CacheWriter:
             zarr.errors.ContainsGroupError / ContainsArrayError: a cache exists and not ``overwrite``.
             storage.errors.NotACacheError: ``overwrite`` and the location holds something other
                 than a bevkd cache (nothing is deleted).
+            storage.errors.CacheWriteError: the location cannot be written (disk full, permission).
+
+        Creation is resumable: the sample index is written last, so a cache whose creation was
+        interrupted (disk full, kill) lacks it and is recognised as half-created
+        (:func:`storage.cache.layout.unfinished_creation`: a bevkd cache's root metadata and no
+        committed shard); creating over it replaces it, with or without ``overwrite``.
         """
         tokens = [str(t) for t in sample_tokens]
         if len(tokens) * schema.views != schema.num_rows or len(set(tokens)) != len(tokens):
             raise ValueError(f"CacheWriter.create: {len(tokens)} unique tokens x {schema.views} views "
                              f"must equal schema.num_rows {schema.num_rows}")
         store = stores.open_store(location, storage_options=storage_options)
-        if overwrite:
-            layout.check_replaceable(store)  # only ever delete a bevkd cache
-            sync(store.delete_dir(""))
-        root = layout.create_arrays(store, schema, overwrite=overwrite)
-        layout.write_samples(store, tokens)
+        try:
+            if overwrite:
+                layout.check_replaceable(store)  # only ever delete a bevkd cache
+                sync(store.delete_dir(""))
+            elif layout.unfinished_creation(store) is not None:  # ours, nothing committed: complete it afresh
+                sync(store.delete_dir(""))
+            root = layout.create_arrays(store, schema, overwrite=overwrite)
+            layout.write_samples(store, tokens)  # last: its presence marks a completely created cache
+        except OSError as e:
+            if isinstance(e, (CacheWriteError, FileNotFoundError, NotADirectoryError)):
+                raise
+            raise write_error(store, "its metadata (creating the cache; a rerun completes it)", e) from None
         return cls(store, root, schema, tokens)
 
     @classmethod
@@ -137,8 +176,15 @@ class CacheWriter:
 
         Raises:
             FileNotFoundError: no cache at ``location``.
+            storage.errors.CacheIncompleteError: its creation did not finish and nothing is
+                committed (:meth:`create` over it completes it; ``bevkd cache`` does so on rerun).
+            storage.errors.CacheMetadataError: a metadata file is missing or unreadable (names it).
         """
         store = stores.open_store(location, storage_options=storage_options)
+        unfinished = layout.unfinished_creation(store)
+        if unfinished is not None:
+            raise CacheIncompleteError(f"cache {stores.describe(store)}: its creation did not finish ({unfinished}); "
+                                       "nothing was committed: rerun the same bevkd cache command to complete it")
         root, attrs = layout.open_root(store, writable=True)
         schema = CacheSchema.from_dict(attrs)
         return cls(store, root, schema, layout.read_samples(store))
@@ -162,6 +208,16 @@ class CacheWriter:
     def pending_shards(self) -> list[int]:
         done = set(self.committed_shards())
         return [i for i in range(self.schema.num_shards) if i not in done]
+
+    def failed_rows(self, shard_index: int) -> list[tuple[str, int]]:
+        """``(sample_token, view)`` of the rows a committed shard holds as failed (empty when the
+        shard is not committed or all its rows are ok), in row order."""
+        table = manifest.read_fragment(self.store, shard_index)
+        if table is None:
+            return []
+        d = table.sort_by("row").select(["sample_token", "view", "status"]).to_pydict()
+        return [(t, int(v)) for t, v, st in zip(d["sample_token"], d["view"], d["status"], strict=True)
+                if st != manifest.STATUS_OK]
 
     # ---- commit ---------------------------------------------------------------------------
     def write_shard(self, shard_index: int, rows: Iterable[RowResult], *, replace: bool = False) -> ShardReport:
@@ -204,9 +260,58 @@ class CacheWriter:
         if missing:
             raise ValueError(f"shard {shard_index}: rows missing for (sample_token, view) {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}; give a RowResult with error= for failed rows")
+        return self._store_shard(shard_index, expected, blocks, records, encode_s)
+
+    def retry_failed(self, shard_index: int, rows: Iterable[RowResult]) -> ShardReport:
+        """Rewrite the failed rows of a committed shard, keeping its ok rows as committed.
+
+        The ok rows are read back and stored again byte for byte, so the old fragment describes
+        the stored data at every moment until the new fragment replaces it (one atomic put): an
+        interruption (disk full, kill) loses nothing committed.
+
+        Args:
+            shard_index: a committed shard.
+            rows: a new result for each of its failed rows (:meth:`failed_rows`), any order.
+
+        Returns:
+            the shard's report (counts of the whole shard after the retry).
+
+        Raises:
+            FileNotFoundError: the shard is not committed.
+            ValueError: ``rows`` are not exactly the shard's failed rows.
+            storage.errors.CacheWriteError: the shard or its fragment cannot be written.
+        """
+        table = manifest.read_fragment(self.store, shard_index)
+        if table is None:
+            raise FileNotFoundError(f"cache {stores.describe(self.store)}: shard {shard_index} is not committed")
+        expected = self.schema.shard_rows(shard_index)
+        records = _manifest_rows(table, [s.name for s in self.schema.targets])
+        failed = {r for r, rec in records.items() if rec.status != manifest.STATUS_OK}
+        blocks = {name: {comp: np.array(arr[expected.start:expected.stop]) for comp, arr in comps.items()}
+                  for name, comps in self._arrays.items()}
+        retried: set[int] = set()
+        encode_s = 0.0
+        for result in rows:
+            t0 = time.perf_counter()
+            r = self._row_of(result, expected)
+            if r not in failed or r in retried:
+                raise ValueError(f"shard {shard_index}: row {r} (sample {result.sample_token} view {result.view}) "
+                                 "is not a failed row of the shard, or is given twice")
+            retried.add(r)
+            records[r] = self._encode_row(result, r, shard_index, blocks, r - expected.start)
+            encode_s += time.perf_counter() - t0
+        if retried != failed:
+            raise ValueError(f"shard {shard_index}: failed rows {sorted(failed - retried)[:5]} not given")
+        return self._store_shard(shard_index, expected, blocks, records, encode_s)
+
+    def _store_shard(self, shard_index: int, expected: range, blocks: dict[str, dict[str, AnyDtypeArray]],
+                     records: dict[int, manifest.ManifestRow], encode_s: float) -> ShardReport:
         t0 = time.perf_counter()
-        sizes = self._write_blocks(shard_index, expected, blocks)
-        report = self._commit(shard_index, expected, records, sizes)
+        try:
+            sizes = self._write_blocks(shard_index, expected, blocks)
+            report = self._commit(shard_index, expected, records, sizes)
+        except OSError as e:
+            raise write_error(self.store, f"shard {shard_index}", e) from None
         report.encode_s, report.write_s = encode_s, time.perf_counter() - t0
         return report
 

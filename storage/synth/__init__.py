@@ -5,7 +5,9 @@ v1.0 tables), ``samples/LIDAR_TOP/*.pcd.bin`` (float32 x5: x, y, z, intensity, r
 optional ``sweeps/LIDAR_TOP``, ``samples/CAM_*/*.jpg``, optional non-keyframe ``sweeps/CAM_*/*.jpg``,
 ``maps/<token>.png`` and
 ``synth_summary.json``. Scene names come from the devkit's split lists (``mini_val`` first),
-so ``DetectionEval(eval_set='mini_val')`` runs on it. Modules: ``scene`` (rig, ego
+so ``DetectionEval(eval_set='mini_val')`` runs on it. ``SynthConfig(tables_only=True)`` writes the
+tables alone (no sensor file, nothing ray cast): trainval-sized tables (850 scenes x 40 samples)
+for index-scale tests. Modules: ``scene`` (rig, ego
 trajectory, objects), ``geometry`` (ray casting), ``lidar``, ``camera``, ``tables``, ``writer``.
 """
 
@@ -84,7 +86,7 @@ def generate_dataset(config: SynthConfig, dataroot: str | Path,
     names = scene_names(config)
     for index, (name, split) in enumerate(names):
         write_scene(config, make_scene(config, index, name), split, root, tables, stats, progress)
-    tables.write(root / config.version)
+    tables.write(root / config.version, compact=config.tables_only)
     (root / "maps").mkdir(exist_ok=True)
     Image.fromarray(np.full((64, 64), 255, dtype=np.uint8)).save(root / tables.records["map"][0]["filename"])
     hits = np.asarray(stats.hits_per_box)

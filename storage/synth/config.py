@@ -34,6 +34,11 @@ class SynthConfig:
             under ``sweeps/CAM_*`` as ``is_key_frame: false`` sample_data (nuScenes has ~5 at 12 Hz);
             unannotated frames for distillation on unlabelled data. 0 leaves the output unchanged.
         jpeg_quality: PIL JPEG quality of the camera images.
+        tables_only: write the 13 tables only, no sensor file (for index-scale tests of
+            trainval-sized tables: 850 scenes x 40 samples in minutes). Nothing is ray cast:
+            ``num_lidar_pts`` is an estimate from each box's size and range
+            (:func:`storage.synth.writer.estimated_hits`), visibility is full. Readers can
+            resolve every sample, but loading points or images fails (files absent).
     """
 
     num_scenes: int = 10
@@ -48,6 +53,7 @@ class SynthConfig:
     sweeps_per_sample: int = 0
     camera_sweeps_per_sample: int = 0
     jpeg_quality: int = 90
+    tables_only: bool = False
 
     def __post_init__(self) -> None:
         if self.version not in SUPPORTED_VERSIONS:
@@ -74,6 +80,8 @@ class SynthConfig:
         d = asdict(self)
         if not self.camera_sweeps_per_sample:  # keep summaries of keyframe-camera datasets byte-identical
             del d["camera_sweeps_per_sample"]
+        if not self.tables_only:
+            del d["tables_only"]
         return d
 
     @classmethod

@@ -268,16 +268,24 @@ def scene_names(config: SynthConfig) -> list[tuple[str, str]]:
     """``(scene name, split)`` for each scene index, from the devkit's split lists.
 
     ``v1.0-mini``: the 2 ``mini_val`` names first, then ``mini_train``. ``v1.0-trainval``:
-    even indices take ``val`` names, odd ones ``train`` names.
+    even indices take ``val`` names, odd ones ``train`` names; once the 150 ``val`` names are
+    used, the remaining ``train`` names (850 scenes in all, as nuScenes trainval).
+
+    Raises:
+        ValueError: more scenes than the version has names.
     """
     from nuscenes.utils import splits  # lazy: the devkit pulls cv2 / matplotlib
 
     if config.version == "v1.0-mini":
         pool = [(n, "mini_val") for n in splits.mini_val] + [(n, "mini_train") for n in splits.mini_train]
         return pool[:config.num_scenes]
-    out, val, train = [], iter(splits.val), iter(splits.train)
+    val, train = [(n, "val") for n in splits.val], [(n, "train") for n in splits.train]
+    if config.num_scenes > len(val) + len(train):
+        raise ValueError(f"SynthConfig.num_scenes: {config.num_scenes} > {len(val) + len(train)} trainval scene names")
+    out: list[tuple[str, str]] = []
     for i in range(config.num_scenes):
-        out.append((next(val), "val") if i % 2 == 0 else (next(train), "train"))
+        first, second = (val, train) if i % 2 == 0 else (train, val)
+        out.append((first or second).pop(0))
     return out
 
 

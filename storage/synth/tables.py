@@ -80,11 +80,16 @@ class Tables:
                                        **pose_record(spec.ego_from_sensor), "camera_intrinsic": intrinsic})
         return tok
 
-    def write(self, table_dir: Path) -> None:
+    def write(self, table_dir: Path, compact: bool = False) -> None:
+        """One ``<table>.json`` per table; ``compact`` drops the line breaks (json's C encoder:
+        ~10x faster for trainval-sized tables)."""
         table_dir.mkdir(parents=True, exist_ok=True)
         for name in TABLE_NAMES:
             with open(table_dir / f"{name}.json", "w") as f:
-                json.dump(self.records[name], f, indent=0)
+                if compact:
+                    f.write(json.dumps(self.records[name]))
+                else:
+                    json.dump(self.records[name], f, indent=0)
 
 
 def link(records: list[dict[str, Any]]) -> None:

@@ -1,4 +1,5 @@
-"""Writes one synthetic scene: LiDAR sweeps, camera JPEGs and the scene's table records."""
+"""Writes one synthetic scene: LiDAR sweeps, camera JPEGs and the scene's table records (only the
+records with ``SynthConfig.tables_only``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from storage.arrays import Int64Array
 from storage.synth.camera import render_camera
 from storage.synth.config import SynthConfig
 from storage.synth.lidar import Sweep, simulate_sweep
@@ -52,7 +54,7 @@ def write_scene(config: SynthConfig, scene: Scene, split: str, root: Path, table
     key_sweeps = _write_lidar(config, scene, root, tables, cs[LIDAR.channel], samples)
     chains: dict[str, list[dict[str, Any]]] = {cam.channel: [] for cam in CAMERAS}
     for k, sample in enumerate(samples):
-        stats.points_per_sweep.append(len(key_sweeps[k].points))
+        stats.points_per_sweep.append(len(key_sweeps[k].points))  # 0 with tables_only
         stats.hits_per_box += key_sweeps[k].num_hits.tolist()
         for channel, rec in _write_cameras(config, scene, root, tables, cs, [sample], keyframes[k]).items():
             chains[channel].append(rec)
@@ -71,10 +73,27 @@ def write_scene(config: SynthConfig, scene: Scene, split: str, root: Path, table
                                         f"{len(scene.objects.labels)} objects"})
 
 
-def _filename(root: Path, folder: str, channel: str, scene: Scene, timestamp: int, ext: str) -> str:
+def _filename(root: Path, folder: str, channel: str, scene: Scene, timestamp: int, ext: str,
+              mkdir: bool = True) -> str:
     rel = f"{folder}/{channel}/synth-{scene.name}__{channel}__{timestamp}.{ext}"
-    (root / folder / channel).mkdir(parents=True, exist_ok=True)
+    if mkdir:
+        (root / folder / channel).mkdir(parents=True, exist_ok=True)
     return rel
+
+
+def estimated_hits(config: SynthConfig, scene: Scene, t: float) -> Int64Array:
+    """``(K,)`` int64 LiDAR returns each object would get at scene time ``t`` (s), without ray
+    casting (``SynthConfig.tables_only``): rays per steradian of the beam fan times the solid
+    angle of the box's larger vertical face, ``max(l, w) * h / d**2``; 0 beyond
+    ``lidar_max_range``. Occlusion is ignored."""
+    boxes = scene.objects.boxes_at(t)
+    origin = (scene.ego.scene_from_ego(t) @ LIDAR.ego_from_sensor)[:3, 3]
+    d = np.maximum(np.linalg.norm(boxes[:, :2] - origin[:2], axis=1), 1.0)
+    fan_sr = 2 * np.pi * np.deg2rad(30.67 + 10.67)  # the beams' elevation span over a full turn
+    rays_per_sr = config.lidar_beams * config.azimuth_steps / fan_sr
+    hits = rays_per_sr * np.maximum(boxes[:, 3], boxes[:, 4]) * boxes[:, 5] / d ** 2
+    out: Int64Array = np.where(d <= config.lidar_max_range, np.floor(hits), 0).astype(np.int64)
+    return out
 
 
 def _sample_data(tables: Tables, token: str, sample: dict[str, Any], cs_token: str, timestamp: int, filename: str,
@@ -94,10 +113,15 @@ def _write_lidar(config: SynthConfig, scene: Scene, root: Path, tables: Tables, 
     records, key_sweeps = [], []
     for j, (off, key) in enumerate(lidar_times_us(config)):
         ts = scene.start_us + off
-        rng = np.random.default_rng(np.random.SeedSequence([config.seed, scene.index, 1 + j]))
-        sweep = simulate_sweep(config, scene, off / 1e6, rng)
-        rel = _filename(root, "samples" if key else "sweeps", LIDAR.channel, scene, ts, "pcd.bin")
-        sweep.points.tofile(root / rel)
+        rel = _filename(root, "samples" if key else "sweeps", LIDAR.channel, scene, ts, "pcd.bin",
+                        mkdir=not config.tables_only)
+        if config.tables_only:
+            sweep = Sweep(points=np.zeros((0, 5), np.float32), num_hits=estimated_hits(config, scene, off / 1e6),
+                          visible_fraction=np.ones(len(scene.objects.labels)))
+        else:
+            rng = np.random.default_rng(np.random.SeedSequence([config.seed, scene.index, 1 + j]))
+            sweep = simulate_sweep(config, scene, off / 1e6, rng)
+            sweep.points.tofile(root / rel)
         nearest = min(range(len(samples)), key=lambda k: (abs(samples[k]["timestamp"] - ts), -k))
         records.append(_sample_data(tables, tables.token("sample_data", scene.name, LIDAR.channel, j),
                                     samples[nearest], cs_token, ts, rel, key, scene, off / 1e6, (0, 0)))
@@ -131,9 +155,11 @@ def _write_cameras(config: SynthConfig, scene: Scene, root: Path, tables: Tables
     for cam in CAMERAS:
         off = frame_off + cam.time_offset_us
         ts = scene.start_us + off
-        rel = _filename(root, "samples" if sweep is None else "sweeps", cam.channel, scene, ts, "jpg")
-        image = render_camera(scene, off / 1e6, cam, config.image_size)
-        Image.fromarray(image).save(root / rel, quality=config.jpeg_quality)
+        rel = _filename(root, "samples" if sweep is None else "sweeps", cam.channel, scene, ts, "jpg",
+                        mkdir=not config.tables_only)
+        if not config.tables_only:
+            image = render_camera(scene, off / 1e6, cam, config.image_size)
+            Image.fromarray(image).save(root / rel, quality=config.jpeg_quality)
         if sweep is None:
             sample = samples[0]
             token = tables.token("sample_data", scene.name, cam.channel, sample["token"])
@@ -147,14 +173,14 @@ def _write_cameras(config: SynthConfig, scene: Scene, root: Path, tables: Tables
 
 def _write_annotations(scene: Scene, tables: Tables, samples: list[dict[str, Any]], key_sweeps: list[Sweep]) -> None:
     objs = scene.objects
+    boxes_per_sample = [objs.boxes_at((sample["timestamp"] - scene.start_us) / 1e6) for sample in samples]
     for k_obj, label in enumerate(objs.labels):
         cls = NUSCENES_CLASSES[label]
         inst = tables.token("instance", scene.name, k_obj)
         attr = objs.attributes[k_obj]
         anns = []
         for k, sample in enumerate(samples):
-            t = (sample["timestamp"] - scene.start_us) / 1e6
-            box = objs.boxes_at(t)[k_obj]
+            box = boxes_per_sample[k][k_obj]
             centre = scene.global_from_scene[:3, :3] @ box[:3] + scene.global_from_scene[:3, 3]
             yaw = box[6] + np.arctan2(scene.global_from_scene[1, 0], scene.global_from_scene[0, 0])
             rot = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1.0]])

@@ -1,15 +1,22 @@
 """Our own ResNet-18/34/50 image backbone (He et al., "Deep Residual Learning for Image
 Recognition", CVPR 2016, Table 1).
 
-Parameter names match torchvision's ``resnet*`` (``conv1``, ``bn1``, ``layer1.0.conv1`` ...),
-so :func:`load_torchvision_weights` copies ImageNet weights when torchvision is installed
-(it is not a dependency of bevkd; the import is guarded).
+Parameter names match torchvision's ``resnet*`` (``conv1.weight``, ``bn1.running_mean``,
+``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight`` ...), so a torchvision ImageNet state
+dict file loads directly (:func:`load_backbone_weights`, weights-only), and
+:func:`load_torchvision_weights` copies them when torchvision is installed (it is not a
+dependency of bevkd; the import is guarded).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+from storage.checkpoint import load_checkpoint
+from storage.errors import CheckpointError
 
 #: blocks per stage for each depth (He et al. Table 1).
 _LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
@@ -128,3 +135,43 @@ def load_torchvision_weights(model: ResNet) -> bool:
     state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
     model.load_state_dict(state, strict=True)
     return True
+
+
+def load_backbone_weights(model: ResNet, path: str | os.PathLike[str]) -> str:
+    """Copy a torchvision-format ResNet state dict file (e.g. ``resnet50-11ad3fa6.pth``) into ``model``.
+
+    The file is loaded weights-only (nothing in it runs). Keys are torchvision's
+    (``conv1.weight``, ``layer1.0.bn1.running_mean`` ...); a ``{"state_dict": ...}`` wrapper and
+    a DDP ``module.`` prefix are accepted; the classifier ``fc.*`` is ignored.
+
+    Returns:
+        One line saying what was loaded: tensors copied, and the missing (left at their
+        initialisation) and unexpected (ignored) keys, the first few named.
+
+    Raises:
+        storage.errors.CheckpointError: file missing, unreadable or refused; not a state dict; a
+            tensor whose shape differs from the model's (e.g. ResNet-50 weights into a ResNet-18),
+            or no key of the model at all (named in the message with the file).
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path}: not a state dict of tensors (a torchvision resnet*.pth file)")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    own = model.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"checkpoint {path}: {k} has shape {tuple(v.shape)}, the ResNet-{model.depth} "
+                                  f"(width {model.conv1.out_channels}) backbone expects {tuple(own[k].shape)}")
+    result = model.load_state_dict(state, strict=False)
+    loaded = len(state) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise CheckpointError(f"checkpoint {path}: none of its {len(state)} keys is a ResNet parameter name "
+                              f"(first: {next(iter(state), None)!r}; expected e.g. 'conv1.weight')")
+
+    def few(keys: list[str]) -> str:
+        return f"{len(keys)}" + (f" ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})" if keys else "")
+
+    return (f"loaded {loaded} tensors from {path}; missing {few(list(result.missing_keys))}, "
+            f"unexpected {few(list(result.unexpected_keys))}, fc.* ignored")
