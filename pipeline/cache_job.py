@@ -38,13 +38,12 @@ from pipeline.prefetch import ordered_map
 from storage.bev_augment import ViewAugmentConfig
 from storage.boxes import transform_boxes
 from storage.cache import CacheRow, CacheWriter, Codec, RowResult, manifest
+from storage.image_check import IMAGE_CHECKS, broken_images
 from storage.errors import SampleError
 from storage.sample import Sample, SampleReader
 from teachers.input import TeacherInput
 from teachers.output import TeacherOutput
 from teachers.cache_row import build_cache_row
-
-IMAGE_CHECKS = ("decode", "draft", "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,31 +153,15 @@ class ShardResult:
 
 
 def check_images(sample: Sample, mode: str = "draft") -> None:
-    """Open (and decode, see :class:`CacheJobConfig` ``image_check``) the six camera images.
+    """Open (and decode, see :class:`CacheJobConfig` ``image_check``) the six camera images:
+    :func:`storage.image_check.broken_images` (the check ``bevkd info`` runs), first problem raised.
 
     Raises:
-        SampleError: an image is missing, undecodable, or its size differs from the recorded one.
+        SampleError: an image is missing, empty, undecodable, or its size differs from the recorded one.
     """
-    if mode == "none":
-        return
-    from PIL import Image, UnidentifiedImageError
-
-    for cam in sample.cameras:
-        try:
-            with Image.open(cam.image_path) as im:
-                size = im.size
-                if mode == "draft":
-                    im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                im.load()
-        except FileNotFoundError:
-            raise SampleError(sample.sample_token, f"{cam.name} image", "missing", cam.image_path) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise SampleError(sample.sample_token, f"{cam.name} image", f"unreadable ({exc})",
-                              cam.image_path) from None
-        if tuple(size) != tuple(cam.image_size):
-            raise SampleError(sample.sample_token, f"{cam.name} image",
-                              f"is {size[0]}x{size[1]}, recorded {cam.image_size[0]}x{cam.image_size[1]}",
-                              cam.image_path)
+    problems = broken_images(sample, mode)
+    if problems:
+        raise problems[0]
 
 
 def augment_sample(sample: Sample, view_matrix: np.ndarray) -> Sample:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.dataset_args import add_reader_arguments, reader_from_args
+from storage.image_check import IMAGE_CHECKS
 
 EPILOG = """exit codes:
   0  done; failed rows (if any) within --max-failed-fraction
@@ -71,9 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--depth-stride", type=int, default=16,
                    help="pixel stride of the lidar_depth maps (default: %(default)s)")
     g.add_argument("--max-boxes", type=int, default=500, help="capacity of the stored boxes (default: %(default)s)")
-    g.add_argument("--image-check", choices=("draft", "decode", "none"), default="draft",
-                   help="how camera images are checked so a broken JPEG fails its row: draft = 1/8-scale JPEG "
-                        "decode of the whole stream, decode = full decode, none (default: %(default)s)")
+    g.add_argument("--image-check", choices=IMAGE_CHECKS, default="draft",
+                   help="how camera images are checked so a broken JPEG fails its row (the check `bevkd info` "
+                        "runs): header = parse the header only, draft = 1/8-scale JPEG decode of the whole "
+                        "stream, decode = full decode, none (default: %(default)s)")
     j = parser.add_argument_group("job")
     j.add_argument("--out", required=True, metavar="CACHE", help="cache location: a directory or an fsspec URL")
     j.add_argument("--shard-size", type=int, default=32,
