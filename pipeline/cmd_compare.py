@@ -145,6 +145,39 @@ def compare(records: list[EvalRecord], out: Path) -> dict[str, Path]:
     return paths
 
 
+def provenance_warnings(runs: list[Path], cache: str | None) -> list[str]:
+    """Why the runs may not be comparable: they learned from different caches or teachers
+    (``RUN/teacher_cache.json``, written by ``bevkd train``), or not from ``cache``. Runs without
+    distillation (``"cache": null``) and runs older than the record are not counted."""
+    from storage.cache import CacheReader
+    from student.trainer import PROVENANCE
+
+    seen: dict[str, list[str]] = {}
+    for run_dir in runs:
+        f = run_dir / PROVENANCE
+        if not f.is_file():
+            continue
+        record = json.loads(f.read_text())
+        if record.get("cache") is None:
+            continue
+        t = record["teacher"]
+        ds = record['dataset']
+        key = (f"teacher {t['name']} weights {t['weights_sha256'][:12]} on "
+               f"{ds.get('dataset_id', '?')}:{ds.get('version', '?')}:{ds.get('split', '?')}")
+        seen.setdefault(key, []).append(run_dir.name)
+    out = []
+    if len(seen) > 1:
+        out.append("the runs learned from different teacher caches: " +
+                   "; ".join(f"{', '.join(names)}: {key}" for key, names in seen.items()))
+    if cache is not None and seen:
+        t = CacheReader(cache, targets=["boxes"]).schema.teacher
+        mine = f"teacher {t.name} weights {t.weights_sha256[:12]}"
+        others = [names for key, names in seen.items() if not key.startswith(mine)]
+        if others:
+            out.append(f"--cache {cache} holds {mine}, which runs {sorted(sum(others, []))} did not learn from")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     bands = tuple(args.distance_bands or ())
     out = Path(args.out)
@@ -176,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bevkd compare: {exc}", file=sys.stderr)
         return 2
+    for line in provenance_warnings([Path(r) for r in args.runs], args.cache):
+        print(f"bevkd compare: warning: {line}", file=sys.stderr)
     paths = compare(records, out)
     print(paths["md"].read_text(), end="")
     print(f"written: {paths['md']}, {paths['csv']}, {paths['png']}")

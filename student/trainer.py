@@ -165,6 +165,8 @@ class _Run:
         if self.online is not None:
             self.online.to(device).eval()
         cache, spec, self.distill, need = choose_targets(config, reader, cache_path, self.online, expect_grid)
+        if d.rank == 0:
+            write_provenance(self.out_dir, cache)
         data = config.data
         geometry = cache_depth_geometry(cache) if cache is not None else None
         if geometry is not None and data.depth_image_size is None:  # depth maps built for the job's image size
@@ -325,6 +327,20 @@ class _Run:
         return TrainResult(metrics=metrics, loss_log=self.log_path, checkpoint=self.ckpt_path,
                            steps=self.position["step"], final_losses=self.last, seconds_per_step=sec,
                            distill=self.distill)
+
+
+#: ``RUN/teacher_cache.json``: which cache (and teacher) a run learned from; ``bevkd compare`` reads it.
+PROVENANCE = "teacher_cache.json"
+
+
+def write_provenance(out_dir: Path, cache: Any) -> None:
+    """Record the teacher-target cache of a run in ``out_dir / PROVENANCE``: ``{"cache": location,
+    "teacher": TeacherInfo dict, "dataset": DatasetInfo dict}``, or ``{"cache": null}`` without one."""
+    record: dict[str, Any] = {"cache": None}
+    if cache is not None:
+        record = {"cache": str(cache.location), "teacher": cache.schema.teacher.to_dict(),
+                  "dataset": cache.schema.dataset.to_dict()}
+    (out_dir / PROVENANCE).write_text(json.dumps(record, indent=1))
 
 
 def _unlabelled_dataset(config: TrainConfig, data: Any, unlabelled: tuple[SampleReader, Any], cache: Any,

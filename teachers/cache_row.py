@@ -113,6 +113,12 @@ def view_masks(cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray, image_size
     ``heights``, default: the centres of the grid's z voxels) projects inside the image
     ``0 <= u < w, 0 <= v < h`` with depth in ``(min_depth, max_depth]`` m.
 
+    Computed per column, not per point: in the camera frame a column is the line
+    ``p(z) = p(0) + z * dp/dz``, so each frustum face is one linear inequality in ``z`` and a
+    column's visible heights are an interval (:func:`_column_view`). Cells whose interval test is
+    within a relative 1e-9 of a face are projected point by point as in :func:`_project`, so the
+    masks equal those of projecting every (cell, height) point.
+
     Args:
         cam_intrinsic: ``(C, 3, 3)`` pixels, for images of ``image_size``.
         lidar_from_cam: ``(C, 4, 4)``.
@@ -122,15 +128,82 @@ def view_masks(cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray, image_size
     if heights is None:
         heights = bev_grid.z_centers()
     xy = bev_grid.cell_centers().reshape(-1, 2)
-    col = np.concatenate([np.concatenate([xy, np.full((len(xy), 1), z)], 1) for z in heights])
     out = np.zeros((len(cam_intrinsic), h, w), dtype=bool)
     for c, (k, l2c) in enumerate(zip(cam_intrinsic, lidar_from_cam, strict=True)):
-        uv, depth = _project(col, k, l2c)
-        with np.errstate(invalid="ignore"):
-            vis = ((depth > min_depth) & (depth <= max_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < image_size[0])
-                   & (uv[:, 1] >= 0) & (uv[:, 1] < image_size[1]))
-        out[c] = vis.reshape(len(heights), h, w).any(axis=0)
+        out[c] = _column_view(xy, heights, k, l2c, image_size, max_depth, min_depth).reshape(h, w)
     return out
+
+
+def _points_view(xy: np.ndarray, heights: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray,
+                 image_size: tuple[int, int], max_depth: float, min_depth: float) -> np.ndarray:
+    """``(N,)`` bool, point by point: any of the column points ``[x, y, z]`` (``xy (N, 2)`` x ``heights``,
+    height-major) projects inside the image with depth in ``(min_depth, max_depth]``."""
+    col = np.concatenate([np.concatenate([xy, np.full((len(xy), 1), z)], 1) for z in heights])
+    uv, depth = _project(col, cam_intrinsic, lidar_from_cam)
+    with np.errstate(invalid="ignore"):
+        vis = ((depth > min_depth) & (depth <= max_depth) & (uv[:, 0] >= 0) & (uv[:, 0] < image_size[0])
+               & (uv[:, 1] >= 0) & (uv[:, 1] < image_size[1]))
+    return np.asarray(vis.reshape(len(heights), len(xy)).any(axis=0))
+
+
+def _column_view(xy: np.ndarray, heights: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray,
+                 image_size: tuple[int, int], max_depth: float, min_depth: float) -> np.ndarray:
+    """:func:`_points_view` of one camera from the z interval of each column (see :func:`view_masks`).
+
+    With ``K[2] == [0, 0, 1]``, ``u = q0 / depth`` (``q = K[:2] @ p``) and the six frustum tests are
+    ``a + c z > 0`` (``>=`` for some): ``c`` per camera, ``a (N,)`` per cell. Each is decided with a
+    margin ``tol`` (1e-9 of the largest term, far above float64 rounding): ``sure`` cells have a
+    height that passes every test by ``tol``, cells without ``maybe`` have none within ``tol``; the
+    rest (none on real calibrations) go through :func:`_points_view`. Other intrinsics, a negative
+    ``min_depth`` or non-finite inputs go through :func:`_points_view` entirely.
+    """
+    k = np.asarray(cam_intrinsic, dtype=np.float64)
+    cf = invert_transform(lidar_from_cam)
+    hs = np.sort(np.asarray(heights, dtype=np.float64).ravel())
+    if (len(hs) == 0 or not np.array_equal(k[2], [0.0, 0.0, 1.0]) or min_depth < 0
+            or not np.isfinite([max_depth, min_depth, *hs, *k.ravel(), *cf.ravel()]).all()):
+        return _points_view(xy, heights, k, lidar_from_cam, image_size, max_depth, min_depth)
+    wi, hi = float(image_size[0]), float(image_size[1])
+    base = xy @ cf[:3, :2].T + cf[:3, 3]  # (N, 3) camera frame at z = 0
+    slope = cf[:3, 2]  # (3,) d p / d z
+    q, dq = base @ k[:2].T, k[:2] @ slope
+    depth, dd = base[:, 2], slope[2]
+    p_max = np.abs(cf[:3, :3]).sum() * (np.abs(xy).max(initial=0.0) + np.abs(hs).max()) + np.abs(cf[:3, 3]).sum()
+    tol_m = 1e-9 * (p_max + max_depth)
+    tol_px = 1e-9 * p_max * (np.abs(k[:2]).sum() + wi + hi)
+    tests = ((depth - min_depth, dd, tol_m), (max_depth - depth, -dd, tol_m),
+             (q[:, 0], dq[0], tol_px), (wi * depth - q[:, 0], wi * dd - dq[0], tol_px),
+             (q[:, 1], dq[1], tol_px), (hi * depth - q[:, 1], hi * dd - dq[1], tol_px))
+    lo = np.full((2, len(xy)), -np.inf)  # [sure, maybe] lowest visible height per cell
+    up = np.full((2, len(xy)), np.inf)  # [sure, maybe] highest
+    undecided = np.zeros(len(xy), dtype=bool)
+    for a, c, tol in tests:
+        undecided |= _fold_test(a, float(c), float(tol), lo, up)
+    sure = np.searchsorted(hs, lo[0], "left") < np.searchsorted(hs, up[0], "right")
+    maybe = np.searchsorted(hs, lo[1], "left") < np.searchsorted(hs, up[1], "right")
+    undecided |= sure != maybe
+    vis = sure & ~undecided
+    if undecided.any():
+        vis[undecided] = _points_view(xy[undecided], heights, k, lidar_from_cam, image_size, max_depth, min_depth)
+    return vis
+
+
+def _fold_test(a: np.ndarray, c: float, tol: float, lo: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Narrow the ``(2, N)`` [sure, maybe] height bounds ``lo``/``up`` in place to where
+    ``a + c z > 0`` holds with margin ``tol`` (sure) or within it (maybe); returns ``(N,)`` bool:
+    cells undecided because ``c`` is 0 (or too small to divide by) and ``|a| <= tol``."""
+    margin = tol / abs(c) if c != 0.0 else np.inf
+    if not np.isfinite(margin):  # the same at every height: all, nothing, or undecided
+        lo[:, a < -tol] = np.inf
+        return np.asarray(np.abs(a) <= tol)
+    root = -a / c
+    if c > 0:  # holds above the root
+        np.maximum(lo[0], root + margin, out=lo[0])
+        np.maximum(lo[1], root - margin, out=lo[1])
+    else:  # holds below the root
+        np.minimum(up[0], root - margin, out=up[0])
+        np.minimum(up[1], root + margin, out=up[1])
+    return np.zeros(len(a), dtype=bool)
 
 
 def lidar_depth_maps(points: np.ndarray, cam_intrinsic: np.ndarray, lidar_from_cam: np.ndarray,

@@ -59,7 +59,8 @@ def runs(synth_dataroot, synth_val_reader, tiny_teacher, tmp_path_factory) -> li
     out = []
     for name, extra in (("nokd", ["--no-distill"]), ("kd", ["--cache", str(cache)])):
         rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--out", str(root / name),
-                   "--steps", "1", "--batch-size", "2", "--student", "tiny", "--workers", "0", "--no-eval", *extra])
+                   "--steps", "1", "--batch-size", "2", "--student", "tiny", "--loader-workers", "0", "--no-eval",
+                   *extra])
         assert rc == 0
         out.append(root / name)
     return out
@@ -111,8 +112,15 @@ def test_compare_puts_students_and_teacher_in_one_table_and_plot(runs, oracle_ca
     out = tmp_path / "cmp"
     rc = main(["compare", *map(str, runs), "--cache", str(oracle_cache), "--dataroot", str(synth_dataroot),
                "--out", str(out), "--no-plots"])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert rc == 0, text
+    # provenance: each run records its teacher cache; the oracle cache is not the one kd learned from
+    assert json.loads((runs[0] / "teacher_cache.json").read_text()) == {"cache": None}
+    kd_cache = json.loads((runs[1] / "teacher_cache.json").read_text())
+    assert kd_cache["cache"].endswith("cache") and kd_cache["teacher"]["name"] != "oracle"
+    warnings = [ln for ln in captured.err.splitlines() if "warning" in ln and "did not learn from" in ln]
+    assert len(warnings) == 1 and "teacher oracle" in warnings[0] and "['kd']" in warnings[0]
     md = (out / "compare.md").read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert len(lines) == 4 and "AP 0-15m" in lines[0] and "mAP / teacher" in lines[0]
