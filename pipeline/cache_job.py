@@ -71,7 +71,8 @@ class CacheJobConfig:
         augment: the BEV augmentation of views > 0.
         codecs: target name or field name -> codec overriding the field's default (recorded in
             the schema's target specs).
-        torch_threads: ``torch.set_num_threads`` in each worker (Ray sets OMP threads to 1).
+        torch_threads: ``torch.set_num_threads`` in each worker (Ray sets OMP threads to 1), and
+            the rows of a shard Zstd-compresses in parallel (same bytes).
         prefetch: batches read, checked and prepared ahead of the teacher in ``prefetch``
             background threads, the teacher running one batch ahead of row building, encoding
             and writing (:func:`shard_rows`); 0 runs the stages one after the other. Operational:
@@ -441,6 +442,7 @@ def process_shard(teacher: nn.Module, reader: SampleReader, writer: CacheWriter,
         ValueError: the teacher's output grid differs from the cache's.
         storage.errors.CacheWriteError: the cache cannot be written (disk full, permission).
     """
+    writer.encode_threads = config.torch_threads  # the worker's thread budget also compresses rows
     done = committed_result(writer, shard_index)
     if done is not None:
         return _retry_failed(teacher, reader, writer, shard_index, config) if done.rows_failed else done

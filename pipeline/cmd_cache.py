@@ -96,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     j.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs reserved per actor (default: %(default)s)")
     j.add_argument("--torch-threads", type=int, default=1,
-                   help="torch threads per worker (Ray sets OMP threads to 1; default: %(default)s)")
+                   help="torch threads per worker, also the threads that compress a shard's rows (Ray sets OMP "
+                        "threads to 1; default: %(default)s)")
     j.add_argument("--no-ray", action="store_true",
                    help="run the shards in a plain loop in this process instead of on Ray")
     j.add_argument("--overwrite", action="store_true",

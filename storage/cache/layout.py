@@ -22,6 +22,8 @@ Arrays whose codecs are not the ones :func:`create_arrays` makes go through Zarr
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import io
 import json
 from collections.abc import Mapping
@@ -292,21 +294,43 @@ def shard_encoding(array: AnyArray) -> ShardEncoding | None:
     return ShardEncoding(dtype=np.dtype(array.dtype).newbyteorder("<"), shard_size=shard_shape[0], zstd=zstd)
 
 
-def encode_shard(encoding: ShardEncoding, block: npt.NDArray[Any]) -> tuple[bytes, npt.NDArray[np.int64]]:
+def encode_shard(encoding: ShardEncoding, block: npt.NDArray[Any], *, threads: int = 1
+                 ) -> tuple[bytes, npt.NDArray[np.int64]]:
     """The stored bytes of one shard whose first ``n`` rows are ``block`` (``n <= S``; the rows
     past ``n`` of a last, partial shard are absent chunks).
 
     Args:
         encoding: from :func:`shard_encoding`.
         block: ``(n, *row_shape)`` rows of the array's dtype.
+        threads: rows compressed in parallel (Zstd releases the GIL; each row is its own chunk, so
+            the bytes do not depend on it). Used only when a shard holds at least
+            :data:`PARALLEL_MIN_BYTES`.
 
     Returns:
         ``(shard bytes, (S,) int64 compressed bytes per chunk, -1 for an absent chunk)``.
     """
-    rows = np.ascontiguousarray(block, dtype=encoding.dtype)
-    chunks: list[bytes] = []
-    for row in rows.reshape(rows.shape[0], -1):
+    rows = np.ascontiguousarray(block, dtype=encoding.dtype).reshape(block.shape[0], -1)
+    zstd = encoding.zstd
+
+    def chunk(row: npt.NDArray[Any]) -> bytes:
         raw = row.tobytes()
-        chunks.append(encoding.zstd.encode(raw) if encoding.zstd is not None else crc32c_suffix(raw))
+        return zstd.encode(raw) if zstd is not None else crc32c_suffix(raw)
+
+    if threads > 1 and zstd is not None and len(rows) > 1 and rows.nbytes >= PARALLEL_MIN_BYTES:
+        chunks = list(_pool(threads).map(chunk, rows))
+    else:
+        chunks = [chunk(row) for row in rows]
     index = ShardIndex.from_chunk_sizes([len(c) for c in chunks], encoding.shard_size)
     return b"".join(chunks) + index.to_bytes(), index.chunk_nbytes()
+
+
+#: Shards smaller than this are compressed in the calling thread (thread hand-off costs more).
+PARALLEL_MIN_BYTES = 1 << 20
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One shared pool per thread count (a process's writers reuse it; threads are daemons of the pool)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="bevkd-encode")
+    return _POOLS[threads]

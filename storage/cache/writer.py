@@ -132,6 +132,9 @@ class CacheWriter:
                                   for comp, arr in comps.items() for enc in [layout.shard_encoding(arr)]}
                            for name, comps in self._arrays.items()}
         self._sample_index = {t: i for i, t in enumerate(sample_tokens)}
+        #: rows compressed in parallel per shard component (:func:`layout.encode_shard`); the bytes
+        #: written do not depend on it. The cache job sets it to its worker's thread budget.
+        self.encode_threads = 1
 
     @classmethod
     def create(cls, location: stores.StoreLike, schema: CacheSchema, sample_tokens: Sequence[str], *,
@@ -327,7 +330,8 @@ class CacheWriter:
                 if encoding is None:
                     array[expected.start:expected.stop] = block
                 else:
-                    puts[layout.shard_key(array, shard_index)], sizes[name, comp] = layout.encode_shard(encoding, block)
+                    puts[layout.shard_key(array, shard_index)], sizes[name, comp] = layout.encode_shard(
+                        encoding, block, threads=self.encode_threads)
         stores.put_many(self.store, puts)
         return sizes
 
