@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 from collections.abc import Sequence
 
@@ -328,13 +328,28 @@ class NuScenesReader:
         """
         token = self.token_of(index_or_token)
         rows = self._frame_rows(token)
+        frame = self._frame_sample(token, rows)
+        points = load_points(frame.lidar_path, token)
+        if self.sweeps:
+            lidar_from_global = invert_transform(frame.global_from_ego @ frame.ego_from_lidar)
+            points = self._with_sweeps(points, rows[LIDAR_CHANNEL], lidar_from_global, token)
+        return replace(frame, points=points)
+
+    def read_without_points(self, index_or_token: int | str) -> Sample:
+        """The sample of :meth:`read` with ``points`` empty ``(0, 5)`` float32: tables only, no
+        file is opened (the sample index is built from it).
+
+        Raises:
+            SampleError: a missing record or camera row (names the sample, table and field).
+        """
+        token = self.token_of(index_or_token)
+        return self._frame_sample(token, self._frame_rows(token))
+
+    def _frame_sample(self, token: str, rows: dict[str, dict[str, Any]]) -> Sample:
+        """A frame's Sample from its ``sample_data`` rows (:meth:`_frame_rows`), points empty."""
         lidar_sd = rows[LIDAR_CHANNEL]
         ego_from_lidar, global_from_ego = self._pose(lidar_sd, token)
         lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
-        lidar_path = os.path.join(self.dataroot, lidar_sd["filename"])
-        points = load_points(lidar_path, token)
-        if self.sweeps:
-            points = self._with_sweeps(points, lidar_sd, lidar_from_global, token)
         cameras = []
         for name in CAMERA_NAMES:
             sd = rows[name]
@@ -352,7 +367,8 @@ class NuScenesReader:
         scene = self._get("scene", sample["scene_token"], token, "sample", "scene_token")
         timestamp = sample["timestamp"] if labelled else lidar_sd["timestamp"]
         return Sample(sample_token=token, timestamp_us=int(timestamp), scene=scene["name"],
-                      lidar_path=lidar_path, points=points, cameras=tuple(cameras), ego_from_lidar=ego_from_lidar,
+                      lidar_path=os.path.join(self.dataroot, lidar_sd["filename"]),
+                      points=np.zeros((0, 5), np.float32), cameras=tuple(cameras), ego_from_lidar=ego_from_lidar,
                       global_from_ego=global_from_ego, gt_boxes=ann.gt_boxes, gt_labels=ann.gt_labels,
                       num_lidar_pts=ann.num_lidar_pts, instance_tokens=ann.instance_tokens, labelled=labelled)
 
@@ -375,6 +391,22 @@ class NuScenesReader:
             out[ch] = self._get("sample_data", sd_token, token, "sample_data", "token")
         return out
 
+    def _sweeps_of(self, lidar_sd: dict[str, Any], lidar_from_global: Float64Array, token: str
+                   ) -> list[tuple[str, Float64Array, float]]:
+        """Up to ``sweeps`` past LiDAR sweeps of a frame, newest first: ``(path, (4, 4)
+        key_from_sweep, time lag s)``; tables only, no file is opened."""
+        out = []
+        sd = lidar_sd
+        for _ in range(self.sweeps):
+            if not sd["prev"]:
+                break
+            sd = self._get("sample_data", sd["prev"], token, "sample_data", "prev", sd["token"])
+            ego_from_lidar, global_from_ego = self._pose(sd, token)
+            key_from_sweep = lidar_from_global @ global_from_ego @ ego_from_lidar
+            out.append((os.path.join(self.dataroot, sd["filename"]), key_from_sweep,
+                        (lidar_sd["timestamp"] - sd["timestamp"]) / 1e6))
+        return out
+
     def _with_sweeps(self, points: Float32Array, lidar_sd: dict[str, Any], lidar_from_global: Float64Array,
                      token: str) -> Float32Array:
         """Keyframe points plus up to ``sweeps`` past sweeps in the keyframe LiDAR frame;
@@ -382,17 +414,11 @@ class NuScenesReader:
         key = points.copy()
         key[:, 4] = 0.0
         out = [key]
-        sd = lidar_sd
-        for _ in range(self.sweeps):
-            if not sd["prev"]:
-                break
-            sd = self._get("sample_data", sd["prev"], token, "sample_data", "prev", sd["token"])
-            pts = load_points(os.path.join(self.dataroot, sd["filename"]), token)
-            ego_from_lidar, global_from_ego = self._pose(sd, token)
-            key_from_sweep = lidar_from_global @ global_from_ego @ ego_from_lidar
+        for path, key_from_sweep, lag_s in self._sweeps_of(lidar_sd, lidar_from_global, token):
+            pts = load_points(path, token)
             moved = pts.copy()
             moved[:, :3] = (pts[:, :3].astype(np.float64) @ key_from_sweep[:3, :3].T + key_from_sweep[:3, 3])
-            moved[:, 4] = (lidar_sd["timestamp"] - sd["timestamp"]) / 1e6
+            moved[:, 4] = lag_s
             out.append(moved)
         return np.concatenate(out, axis=0).astype(np.float32)
 

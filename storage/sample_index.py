@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from storage.arrays import Float32Array, Float64Array
 from storage.errors import SampleError
-from storage.sample import CAMERA_NAMES, CameraInfo, Sample, SampleReader, load_points
+from storage.sample import CameraInfo, Sample, SampleReader, load_points
 from storage.transforms import apply_transform, invert_transform
 
 INDEX_VERSION = 1
@@ -93,45 +93,13 @@ def _nuscenes_records(reader: Any) -> Iterator[Record]:
 
 
 def _nuscenes_record(reader: Any, token: str) -> Record:
-    """One frame: the body of ``NuScenesReader.read`` without ``load_points``."""
-    from storage.nuscenes_reader import LIDAR_CHANNEL, SWEEP_KEY_CHANNEL
+    """One frame: ``NuScenesReader.read_without_points`` plus its sweeps' paths and transforms."""
+    from storage.nuscenes_reader import LIDAR_CHANNEL
 
-    rows = reader._frame_rows(token)
-    lidar_sd = rows[LIDAR_CHANNEL]
-    ego_from_lidar, global_from_ego = reader._pose(lidar_sd, token)
-    lidar_from_global = invert_transform(global_from_ego @ ego_from_lidar)
-    sweeps: list[Sweep] = []
-    sd = lidar_sd
-    for _ in range(reader.sweeps):
-        if not sd["prev"]:
-            break
-        sd = reader._get("sample_data", sd["prev"], token, "sample_data", "prev")
-        ego_from_sweep, global_from_ego_sweep = reader._pose(sd, token)
-        sweeps.append((os.path.join(reader.dataroot, sd["filename"]),
-                       lidar_from_global @ global_from_ego_sweep @ ego_from_sweep,
-                       (lidar_sd["timestamp"] - sd["timestamp"]) / 1e6))
-    cameras = []
-    for name in CAMERA_NAMES:
-        cam_sd = rows[name]
-        ego_from_cam, global_from_ego_cam = reader._pose(cam_sd, token)
-        cs = reader.nusc.get("calibrated_sensor", cam_sd["calibrated_sensor_token"])
-        cameras.append(CameraInfo(
-            name=name, image_path=os.path.join(reader.dataroot, cam_sd["filename"]),
-            cam_intrinsic=np.array(cs["camera_intrinsic"], dtype=np.float64), ego_from_cam=ego_from_cam,
-            lidar_from_cam=lidar_from_global @ global_from_ego_cam @ ego_from_cam,
-            timestamp_us=int(cam_sd["timestamp"]), image_size=(int(cam_sd["width"]), int(cam_sd["height"]))))
-    ann = reader.annotations(token)
-    labelled = reader.is_labelled(token)
-    sample_rec = reader._get("sample", token if labelled else rows[SWEEP_KEY_CHANNEL]["sample_token"], token,
-                             "sample" if labelled else "sample_data", "token" if labelled else "sample_token")
-    scene = reader._get("scene", sample_rec["scene_token"], token, "sample", "scene_token")
-    timestamp = sample_rec["timestamp"] if labelled else lidar_sd["timestamp"]
-    return (Sample(sample_token=token, timestamp_us=int(timestamp), scene=scene["name"],
-                  lidar_path=os.path.join(reader.dataroot, lidar_sd["filename"]),
-                  points=np.zeros((0, 5), np.float32), cameras=tuple(cameras), ego_from_lidar=ego_from_lidar,
-                  global_from_ego=global_from_ego, gt_boxes=ann.gt_boxes, gt_labels=ann.gt_labels,
-                  num_lidar_pts=ann.num_lidar_pts, instance_tokens=ann.instance_tokens, labelled=labelled),
-           reader.sweeps > 0, sweeps, None)
+    frame = reader.read_without_points(token)
+    lidar_from_global = invert_transform(frame.global_from_ego @ frame.ego_from_lidar)
+    sweeps: list[Sweep] = reader._sweeps_of(reader._frame_rows(token)[LIDAR_CHANNEL], lidar_from_global, token)
+    return frame, reader.sweeps > 0, sweeps, None
 
 
 def _mmdet3d_records(reader: Any) -> Iterator[Record]:
