@@ -149,8 +149,20 @@ def _records(reader: SampleReader) -> Iterator[Record]:
                     "Mmdet3dInfoReader expected)")
 
 
-def _m(a: Any, n: int) -> list[float]:
-    return [float(v) for v in np.asarray(a, np.float64).reshape(n)]
+class _MalformedField(ValueError):
+    """A value of the wrong size in a sample's field (``field``: the Sample/CameraInfo name)."""
+
+    def __init__(self, field: str, exc: BaseException) -> None:
+        self.field = field
+        super().__init__(f"{field}: {exc}")
+
+
+def _m(a: Any, n: int, field: str) -> list[float]:
+    """``a`` flattened to ``n`` floats. Raises :class:`_MalformedField` naming ``field``."""
+    try:
+        return [float(v) for v in np.asarray(a, np.float64).reshape(n)]
+    except _MALFORMED as exc:
+        raise _MalformedField(field, exc) from None
 
 
 def _values(record: Record) -> dict[str, Any]:
@@ -159,17 +171,19 @@ def _values(record: Record) -> dict[str, Any]:
     s, merge, sweeps, error = record
     return {
         "sample_token": s.sample_token, "scene": s.scene, "timestamp_us": int(s.timestamp_us),
-        "labelled": bool(s.labelled), "lidar_path": s.lidar_path, "ego_from_lidar": _m(s.ego_from_lidar, 16),
-        "global_from_ego": _m(s.global_from_ego, 16), "merge_sweeps": merge,
-        "sweep_paths": [p for p, _, _ in sweeps], "lidar_from_sweep": [_m(t, 16) for _, t, _ in sweeps],
+        "labelled": bool(s.labelled), "lidar_path": s.lidar_path,
+        "ego_from_lidar": _m(s.ego_from_lidar, 16, "ego_from_lidar"),
+        "global_from_ego": _m(s.global_from_ego, 16, "global_from_ego"), "merge_sweeps": merge,
+        "sweep_paths": [p for p, _, _ in sweeps],
+        "lidar_from_sweep": [_m(t, 16, "lidar_from_sweep") for _, t, _ in sweeps],
         "sweep_dt_s": [float(dt) for _, _, dt in sweeps],
         "cam_name": [c.name for c in s.cameras], "image_path": [c.image_path for c in s.cameras],
-        "cam_intrinsic": [_m(c.cam_intrinsic, 9) for c in s.cameras],
-        "ego_from_cam": [_m(c.ego_from_cam, 16) for c in s.cameras],
-        "lidar_from_cam": [_m(c.lidar_from_cam, 16) for c in s.cameras],
+        "cam_intrinsic": [_m(c.cam_intrinsic, 9, "camera_intrinsic") for c in s.cameras],
+        "ego_from_cam": [_m(c.ego_from_cam, 16, "ego_from_cam") for c in s.cameras],
+        "lidar_from_cam": [_m(c.lidar_from_cam, 16, "lidar_from_cam") for c in s.cameras],
         "cam_timestamp_us": [int(c.timestamp_us) for c in s.cameras],
         "image_size": [[int(c.image_size[0]), int(c.image_size[1])] for c in s.cameras],
-        "gt_boxes": np.asarray(s.gt_boxes, np.float64).reshape(-1, 9).tolist(),
+        "gt_boxes": _gt_boxes(s.gt_boxes),
         "gt_labels": [int(v) for v in s.gt_labels], "num_lidar_pts": [int(v) for v in s.num_lidar_pts],
         "instance_tokens": list(s.instance_tokens),
         "error_field": error.field if error else None, "error_problem": error.problem if error else None,
@@ -183,27 +197,16 @@ def _row(record: Record) -> dict[str, Any]:
         return _values(record)
     except _MALFORMED as exc:
         token = record[0].sample_token
-        field = next((name for name, get in _SIZE_CHECKS if _bad(get, record[0])), "sample")
+        field = exc.field if isinstance(exc, _MalformedField) else "sample"
         return _values(_failed(token, SampleError(token, field, f"malformed in the source tables ({exc})")))
 
 
-def _bad(get: Any, sample: Sample) -> bool:
+def _gt_boxes(boxes: Any) -> list[list[float]]:
+    """``(N, 9)`` boxes as lists. Raises :class:`_MalformedField` (``gt_boxes``) on another width."""
     try:
-        get(sample)
-    except _MALFORMED:
-        return True
-    return False
-
-
-# which field of a Sample broke _values (for the error line)
-_SIZE_CHECKS: tuple[tuple[str, Any], ...] = (
-    ("ego_from_lidar", lambda s: _m(s.ego_from_lidar, 16)),
-    ("global_from_ego", lambda s: _m(s.global_from_ego, 16)),
-    ("camera_intrinsic", lambda s: [_m(c.cam_intrinsic, 9) for c in s.cameras]),
-    ("ego_from_cam", lambda s: [_m(c.ego_from_cam, 16) for c in s.cameras]),
-    ("lidar_from_cam", lambda s: [_m(c.lidar_from_cam, 16) for c in s.cameras]),
-    ("gt_boxes", lambda s: np.asarray(s.gt_boxes, np.float64).reshape(-1, 9)),
-)
+        return np.asarray(boxes, np.float64).reshape(-1, 9).tolist()  # type: ignore[no-any-return]
+    except _MALFORMED as exc:
+        raise _MalformedField("gt_boxes", exc) from None
 
 
 def _table(batch: list[Record]) -> pa.Table:
