@@ -235,6 +235,39 @@ def test_disk_full_and_read_only_out_on_real_file_systems(dataroot, tmp_path):
     assert set(manifest_rows(keep)) >= set(committed)
 
 
+
+_PUT_MANY_ON_FULL_DISK = """
+import sys
+from zarr.storage import LocalStore
+from storage.cache import stores
+try:
+    stores.put_many(LocalStore(sys.argv[1]), {f"k{i}": b"x" * 200_000 for i in range(40)})
+except OSError as exc:
+    print("put_many:", exc.strerror, file=sys.stderr)
+sys.exit(2)
+"""
+
+
+def test_failed_concurrent_writes_leave_no_unretrieved_errors(tmp_path):
+    """A full disk fails many of a shard's concurrent writes. Exiting right after the first error
+    used to race the others: asyncio printed "Task exception was never retrieved" with a
+    traceback for each, and the one-line error became ~100 lines (seen in CI)."""
+    ns = _mount_ns()
+    if ns is None:
+        pytest.skip("no mount namespaces here (unshare --mount refused): cannot mount a small tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (tmp_path / "put.py").write_text(_PUT_MANY_ON_FULL_DISK)
+    runs = 6
+    script = (f"mount -t tmpfs -o size=300k tmpfs {mnt} || exit 99\n"
+              f"for i in $(seq {runs}); do rm -rf {mnt}/*; {sys.executable} {tmp_path}/put.py {mnt}; done\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run([*ns, "sh", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "never retrieved" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.splitlines() == ["put_many: No space left on device"] * runs, done.stderr[-3000:]
+
+
 # ---- 10. verify: a distinct exit code for an incomplete cache --------------------------------------------
 
 def test_verify_says_incomplete_with_exit_3(dataroot, tmp_path, capsys):

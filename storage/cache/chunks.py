@@ -15,7 +15,6 @@ Formats (Zarr v3 spec; the layout :mod:`storage.cache.layout` creates):
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import google_crc32c
@@ -25,6 +24,7 @@ from numcodecs import Zstd
 from zarr.abc.store import ByteRequest, RangeByteRequest, Store, SuffixByteRequest
 
 from storage.cache._zarr_private import Buffer, default_buffer_prototype, sync
+from storage.cache.stores import gather_settled
 from storage.cache.shard_index import ShardIndex, ShardIndexError
 
 _ZSTD = Zstd()
@@ -82,7 +82,7 @@ class ChunkFetcher:
         proto = default_buffer_prototype()
 
         async def run() -> list[Buffer | None]:
-            return await asyncio.gather(*(self.store.get(k, prototype=proto, byte_range=r) for k, r in requests))
+            return await gather_settled(*(self.store.get(k, prototype=proto, byte_range=r) for k, r in requests))
         return [None if b is None else b.to_bytes() for b in sync(run())]
 
     def fetch(self, requests: list[ChunkRequest]) -> list[npt.NDArray[np.generic] | ChunkError]:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.storage import FsspecStore, LocalStore
 
 from storage.cache._zarr_private import buffer_from_bytes, default_buffer_prototype, sync
+
+T = TypeVar("T")
 
 StoreLike = str | Path | Store
 
@@ -64,10 +67,32 @@ def put_bytes(store: Store, key: str, data: bytes) -> None:
     sync(store.set(key, buffer_from_bytes(data)))
 
 
+async def gather_settled(*aws: Awaitable[T]) -> list[T]:
+    """``asyncio.gather`` that lets every awaitable finish before raising the first error.
+
+    A plain gather raises on the first failure and leaves the others running; their errors are
+    then never retrieved and asyncio prints a traceback for each on stderr when they are
+    collected (a disk-full write of a shard failed with one line plus ~100 lines of
+    "Task exception was never retrieved"). Here every result is retrieved.
+
+    Raises:
+        BaseException: the first error, in argument order, after all awaitables finished.
+    """
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return cast("list[T]", results)
+
+
 def put_many(store: Store, items: dict[str, bytes]) -> None:
-    """:func:`put_bytes` of several keys, issued concurrently (one event-loop round trip)."""
+    """:func:`put_bytes` of several keys, issued concurrently (one event-loop round trip).
+
+    Raises:
+        OSError: the first failed write, after every write finished.
+    """
     async def put_all() -> None:
-        await asyncio.gather(*(store.set(key, buffer_from_bytes(data)) for key, data in items.items()))
+        await gather_settled(*(store.set(key, buffer_from_bytes(data)) for key, data in items.items()))
     sync(put_all())
 
 
