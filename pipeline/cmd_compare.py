@@ -6,7 +6,8 @@ devkit summary ``bevkd train`` wrote at the end of training (``RUN/eval/metrics_
 ``mini_val``) first. ``--cache`` adds the teacher's stored boxes (evaluated into ``OUT/teacher``,
 or read from ``<CACHE>-eval/evaluation.json``) on ``--split`` when given, else on the split the
 cache covers: a teacher-vs-student row on one split needs a cache of the evaluation split
-(``bevkd cache --split mini_val``); the table's ``dataset`` column and a warning show a mismatch.
+(``bevkd cache --split mini_val``); the table's ``dataset`` column shows a mismatch, and a warning
+(:func:`split_warning`) on stderr, under the table and in the plot's title.
 
 Writes ``OUT/compare.md`` (markdown table), ``OUT/compare.csv`` (every number, per-class AP
 included) and ``OUT/compare.png`` (mAP, NDS and AP per distance band, one bar per model).
@@ -19,6 +20,7 @@ import csv
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +103,23 @@ def write_csv(records: list[EvalRecord], path: Path) -> None:
             w.writerow([*row, *[r.metrics.per_class_ap.get(c, math.nan) for c in classes], r.source])
 
 
+def split_warning(records: list[EvalRecord]) -> str | None:
+    """``"evaluated on different splits: <dataset> (<models>); ..."`` when the records were
+    evaluated on more than one dataset (records without one are not counted), else ``None``."""
+    models: dict[str, list[str]] = {}
+    for r in records:
+        if r.dataset:
+            models.setdefault(r.dataset, []).append(r.name)
+    if len(models) < 2:
+        return None
+    return "evaluated on different splits: " + "; ".join(f"{d} ({', '.join(n)})" for d, n in models.items())
+
+
 def plot(records: list[EvalRecord], path: Path) -> Path:
-    """Grouped bars: mAP, NDS and AP per distance band, one bar per model (teacher hatched)."""
+    """Grouped bars: mAP, NDS and AP per distance band, one bar per model (teacher hatched).
+
+    The title (also saved as the PNG's ``Title`` text chunk) ends with :func:`split_warning`, in
+    red, when the records were evaluated on different splits."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,10 +139,17 @@ def plot(records: list[EvalRecord], path: Path) -> Path:
     ax.set_ylabel("nuScenes devkit score")
     ax.set_ylim(0, max(1e-3, max(max(r.metrics.mAP, r.metrics.NDS, *r.metrics.band_ap.values(), 0) for r in records)
                        * 1.15))
-    ax.set_title("students vs teacher (DetectionEval, detection_cvpr_2019)")
+    title = "students vs teacher (DetectionEval, detection_cvpr_2019)"
+    warning = split_warning(records)
+    if warning is None:
+        ax.set_title(title)
+    else:
+        wrapped = textwrap.wrap(f"WARNING: {warning}", int(fig.get_figwidth() * 14))  # 8 pt characters per line
+        ax.set_title("\n".join([title, *wrapped]), fontsize=8, color="firebrick")
+        title += f"\nWARNING: {warning}"
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Title": title})
     plt.close(fig)
     return path
 
@@ -135,9 +159,9 @@ def compare(records: list[EvalRecord], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     head, rows = table(records)
     text = markdown(head, rows)
-    datasets = {r.dataset for r in records if r.dataset}
-    if len(datasets) > 1:
-        text += f"\n**Warning:** the rows were evaluated on different splits: {sorted(datasets)}\n"
+    warning = split_warning(records)
+    if warning is not None:
+        text += f"\n**Warning:** the rows were {warning}\n"
     paths = {"md": out / "compare.md", "csv": out / "compare.csv", "png": out / "compare.png"}
     paths["md"].write_text(text)
     write_csv(records, paths["csv"])
@@ -209,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bevkd compare: {exc}", file=sys.stderr)
         return 2
-    for line in provenance_warnings([Path(r) for r in args.runs], args.cache):
+    split = split_warning(records)
+    for line in provenance_warnings([Path(r) for r in args.runs], args.cache) + ([split] if split else []):
         print(f"bevkd compare: warning: {line}", file=sys.stderr)
     paths = compare(records, out)
     print(paths["md"].read_text(), end="")

@@ -11,7 +11,7 @@ from pipeline.dataset_args import add_reader_arguments, reader_from_args
 from pipeline.show import DEFAULT_SCORE_THRESHOLD
 
 if TYPE_CHECKING:
-    from storage.cache import CacheReader
+    from storage.cache import CacheReader, DatasetInfo
     from storage.sample import SampleReader
 
 
@@ -31,8 +31,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(one step per sample, by timestamp; with the dataset) or the one sample (without); "
                              "open it with `rerun FILE`. Needs `pip install bevkd[viz]`")
     add_reader_arguments(parser)
+    for action in parser._actions:  # the cache's own dataset by default: resolved in run() (_default_dataset)
+        if action.dest == "version":
+            action.default = None
+            action.help = "nuScenes table version folder (default: the cache's recorded version, else v1.0-mini)"
+        elif action.dest == "split":
+            action.default = None
+            action.help = ("nuScenes devkit split, or 'all' for every scene in the tables (default: the split the "
+                           "cache was built on, else mini_val)")
+        elif action.dest == "frames":
+            action.default = None
+            action.help = ("with --dataroot: keyframes, sweeps (unannotated camera sweeps) or all (default: the "
+                           "cache's recorded frames, else keyframes)")
     parser.epilog = ("Give the dataset the cache was made from (--dataroot/--info) to also draw GT boxes, "
-                     "LiDAR points and the camera images under the depth targets.")
+                     "LiDAR points and the camera images under the depth targets; with --dataroot, the cache's "
+                     "recorded version, split and frames are the defaults.")
 
 
 def _fail(message: str) -> int:
@@ -56,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if args.stage is not None and f"bev_features/{args.stage}" not in cache.target_names:
         stages = [n.split("/", 1)[1] for n in cache.target_names if n.startswith("bev_features/")]
         return _fail(f"cache {cache.location}: no BEV stage {args.stage!r} (stored: {', '.join(stages) or 'none'})")
+    _default_dataset(args, cache.schema.dataset)
     dataset = reader_from_args(args) if (args.dataroot or args.info) else None
     if dataset is not None and token not in dataset.sample_tokens:
-        return _fail(f"sample {token} of cache {cache.location} is not in dataset {dataset.dataset_id}")
+        built = cache.schema.dataset
+        return _fail(f"sample {token} of cache {cache.location} is not in dataset {dataset.dataset_id} (the cache "
+                     f"was built on {built.dataset_id}:{built.version}:{built.split}; pass its --split or --scenes)")
     try:
         cache.read(token, view=args.view, decode=False)
     except (KeyError, CacheRowError) as exc:  # view out of range, row not committed or failed
@@ -74,6 +90,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {res.path}  (stage {res.bev_stage}, GT boxes {res.gt_boxes_drawn}, "
           f"teacher boxes {res.teacher_boxes_drawn} with score >= {args.score_threshold})")
     return 0
+
+
+def _default_dataset(args: argparse.Namespace, recorded: DatasetInfo) -> None:
+    """Fill ``--version/--split/--frames`` the user left out from the cache's recorded nuScenes
+    dataset (``nuscenes:<version>:<split>[:<frames>]``), else v1.0-mini / mini_val / keyframes. A
+    recorded scene list (``scenes-<n>-<hash>``) is no devkit split: mini_val then."""
+    from storage.nuscenes_reader import FRAMES
+
+    nuscenes = recorded.dataset_id == "nuscenes"
+    split, _, frames = recorded.split.partition(":") if nuscenes else ("", "", "")
+    if args.version is None:
+        args.version = recorded.version if nuscenes and recorded.version else "v1.0-mini"
+    if args.split is None:
+        args.split = split if split and not split.startswith("scenes-") else "mini_val"
+    if args.frames is None:
+        args.frames = frames if frames in FRAMES else "keyframes"
 
 
 def _record(args: argparse.Namespace, cache: CacheReader, token: str, dataset: SampleReader | None) -> int:

@@ -1,14 +1,14 @@
 """Render what the teacher stored for one sample: ``bevkd show``.
 
-One figure, BEV panels on top (x to the right, y up, lidar/view frame, metres) and the six
-cameras below:
+One figure, two rows of BEV panels on top (x to the right, y up, lidar/view frame, metres; their
+heights follow the grid's aspect) and the six cameras below:
 
-* BEV feature: one stored stage (``stage``; default the first), PCA of its channels to RGB, and
-  its per-cell L2 norm (with a colour bar);
-* heatmap: max over classes (colour bar);
-* boxes: LiDAR points (grey), foreground mask (yellow), GT boxes (green, needs the dataset
-  reader) and teacher boxes with score >= ``score_threshold`` (red, alpha = score);
-* view masks: each camera's frustum cells in its own colour;
+* first row, BEV feature: one stored stage (``stage``; default the first), PCA of its occupied
+  cells' channels to RGB (:func:`pca_rgb`; empty cells black), and its per-cell L2 norm (with a
+  colour bar); heatmap: max over classes (colour bar);
+* second row, boxes (two thirds of the width): LiDAR points (grey), foreground mask (yellow), GT
+  boxes (green, needs the dataset reader) and teacher boxes with score >= ``score_threshold``
+  (red, alpha = score); view masks: each camera's frustum cells in its own colour;
 * per-camera LiDAR depth cells over the camera images (needs the dataset reader for images),
   one depth colour bar (m).
 
@@ -47,20 +47,48 @@ class ShowResult:
     colour_bars: tuple[str, ...] = ()  # labels of the colour bars drawn
 
 
+#: A cell is occupied when its channel L2 norm exceeds this fraction of the map's largest norm.
+PCA_OCCUPIED_FRACTION = 0.01
+#: With fewer occupied cells than this, the PCA is fit on (and colours) every cell.
+PCA_MIN_OCCUPIED = 8
+#: Each principal component is scaled from these percentiles (over the fitted cells) to [0, 1], then clipped.
+PCA_PERCENTILES = (2.0, 98.0)
+
+
 def pca_rgb(feature: np.ndarray) -> np.ndarray:
-    """``(C, H, W)`` feature map -> ``(H, W, 3)`` float in [0, 1]: its first three principal
-    components over cells, each min-max scaled."""
+    """A BEV feature map as colours: its first three principal components as R, G, B.
+
+    The PCA is fit on the occupied cells only (channel L2 norm > ``PCA_OCCUPIED_FRACTION`` x the
+    map's largest norm), so the many empty cells of a sparse LiDAR map do not dominate it. Each
+    component is scaled from its ``PCA_PERCENTILES`` (2nd, 98th) over those cells to [0, 1] and
+    clipped, so one outlier does not saturate it; its sign is fixed (largest loading positive),
+    so similar maps get similar colours. With fewer than ``PCA_MIN_OCCUPIED`` occupied cells
+    (e.g. an all-zero map) the PCA is fit on every cell and no cell is drawn as empty. With
+    ``C < 3`` channels the missing components are 0.
+
+    Args:
+        feature: ``(C, H, W)`` float, any frame (H along +y, W along +x).
+
+    Returns:
+        ``(H, W, 3)`` float64 in [0, 1]; empty cells are 0 (black).
+    """
     c, h, w = feature.shape
     x = feature.reshape(c, -1).T.astype(np.float64)
-    x = x - x.mean(axis=0, keepdims=True)
+    norm = np.linalg.norm(x, axis=1)
+    occupied = norm > PCA_OCCUPIED_FRACTION * norm.max()
+    if occupied.sum() < PCA_MIN_OCCUPIED:
+        occupied = np.ones(len(x), dtype=bool)
+    fit = x[occupied]
+    mean = fit.mean(axis=0, keepdims=True)
     k = min(3, c)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    proj = x @ vt[:k].T
-    if k < 3:
-        proj = np.concatenate([proj, np.zeros((len(proj), 3 - k))], axis=1)
-    lo, hi = proj.min(axis=0), proj.max(axis=0)
-    proj = (proj - lo) / np.where(hi > lo, hi - lo, 1.0)
-    return proj.reshape(h, w, 3)
+    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    comps = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(axis=1)])[:, None]
+    proj = (fit - mean) @ comps.T
+    lo, hi = np.percentile(proj, PCA_PERCENTILES, axis=0)
+    proj = np.clip((proj - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+    rgb = np.zeros((h * w, 3))
+    rgb[occupied, :k] = proj
+    return rgb.reshape(h, w, 3)
 
 
 def _footprints(ax, boxes: np.ndarray, colour: str, alphas: np.ndarray | None = None) -> None:
@@ -116,26 +144,27 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
 
     t: CacheRow = reader.read(sample_token, view=view)
     grid = reader.schema.grid
-    fig = plt.figure(figsize=(16, 10.5))
-    gs = fig.add_gridspec(3, 6, height_ratios=[1.25, 1, 1])
+    heights = _row_heights(grid)
+    fig = plt.figure(figsize=(16, sum(heights) + 0.5))
+    gs = fig.add_gridspec(4, 6, height_ratios=heights)
     if stage is not None and stage not in t.bev_features:
         raise KeyError(f"cache {reader.location}: no BEV stage {stage!r} (stored: {', '.join(t.bev_features)})")
     stage = stage if stage is not None else next(iter(t.bev_features), None)
     bars: list[str] = []
-    ax = fig.add_subplot(gs[0, 0])
+    ax = fig.add_subplot(gs[0, 0:2])
     if stage is not None:
         feat = np.asarray(t.bev_features[stage], dtype=np.float32)
-        _bev_image(ax, pca_rgb(feat), grid, f"{stage} PCA->RGB {feat.shape}")
-        ax = fig.add_subplot(gs[0, 1])
+        _bev_image(ax, pca_rgb(feat), grid, f"{stage} {feat.shape}: PCA->RGB of occupied cells (empty: black)")
+        ax = fig.add_subplot(gs[0, 2:4])
         im = _bev_image(ax, np.linalg.norm(feat, axis=0), grid, f"{stage} L2 norm", cmap="magma")
         bars.append(_colour_bar(fig, im, ax, "channel L2 norm"))
-    ax = fig.add_subplot(gs[0, 2])
+    ax = fig.add_subplot(gs[0, 4:6])
     if t.heatmap is not None:
         im = _bev_image(ax, np.asarray(t.heatmap).max(axis=0), grid, "heatmap max over classes", cmap="viridis",
                         vmin=0, vmax=1)
         bars.append(_colour_bar(fig, im, ax, "heatmap"))
-    gt_drawn, n_teacher, frac = _draw_boxes_panel(fig.add_subplot(gs[0, 3:5]), t, grid, sample, score_threshold)
-    ax = fig.add_subplot(gs[0, 5])
+    gt_drawn, n_teacher, frac = _draw_boxes_panel(fig.add_subplot(gs[1, 0:4]), t, grid, sample, score_threshold)
+    ax = fig.add_subplot(gs[1, 4:6])
     if t.view_mask is not None:
         rgb = np.ones((*grid.bev_shape, 3))
         for k in range(t.view_mask.shape[0]):
@@ -152,6 +181,16 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     plt.close(fig)
     return ShowResult(path=out, bev_stage=stage, gt_boxes_drawn=gt_drawn, teacher_boxes_drawn=n_teacher,
                       gt_boxes_on_foreground=frac, colour_bars=tuple(bars))
+
+
+def _row_heights(grid: BEVGrid) -> list[float]:
+    """Figure row heights (inches) for a 16 in wide figure: BEV maps (three across), boxes + view
+    masks, two camera rows; BEV rows follow the grid's aspect (y extent / x extent)."""
+    pcr = grid.point_cloud_range
+    aspect = (pcr[4] - pcr[1]) / (pcr[3] - pcr[0])
+    maps = float(np.clip(4.2 * aspect, 1.5, 4.5)) + 0.8  # a third of the width, less labels and colour bar
+    boxes = float(np.clip(9.0 * aspect, 3.0, 6.5)) + 0.8  # two thirds of the width
+    return [maps, boxes, 3.4, 3.4]
 
 
 def _colour_bar(fig, mappable, ax, label: str) -> str:
@@ -196,7 +235,7 @@ def _draw_cameras(fig, gs, t: CacheRow, sample: Sample | None) -> bool:
         return False
     dots = None
     for k, name in enumerate(CAMERA_NAMES):
-        ax = fig.add_subplot(gs[1 + k // 3, 2 * (k % 3):2 * (k % 3) + 2])
+        ax = fig.add_subplot(gs[2 + k // 3, 2 * (k % 3):2 * (k % 3) + 2])
         ax.set_axis_off()
         ax.set_title(name, fontsize=8)
         if sample is not None:

@@ -25,14 +25,25 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def oracle_cache(synth_val_reader, tmp_path_factory) -> Path:
-    """A cache whose 'teacher' boxes are the ground truth (score 1): the devkit must score it ~1."""
-    reader = synth_val_reader
+    """A cache of mini_val whose 'teacher' boxes are the ground truth (score 1): the devkit must score it ~1."""
+    return _write_oracle_cache(synth_val_reader, tmp_path_factory.mktemp("oracle") / "cache")
+
+
+@pytest.fixture(scope="module")
+def train_oracle_cache(synth_dataroot, tmp_path_factory) -> Path:
+    """The ground-truth 'teacher' cache of mini_train (the generated dataroot's other split)."""
+    from storage.nuscenes_reader import NuScenesReader
+
+    reader = NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_train")
+    return _write_oracle_cache(reader, tmp_path_factory.mktemp("oracle_train") / "cache")
+
+
+def _write_oracle_cache(reader, location: Path) -> Path:
     tokens = list(reader.sample_tokens)
     grid = BEVGrid(point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), voxel_size=(3.2, 3.2, 8.0))
     schema = CacheSchema(grid=grid, teacher=TeacherInfo(name="oracle"),
                          dataset=DatasetInfo.from_reader_id(reader.dataset_id),
                          targets=(TargetSpec(name="boxes", shape=(100, 9)),), num_rows=len(tokens), shard_size=4)
-    location = tmp_path_factory.mktemp("oracle") / "cache"
     writer = CacheWriter.create(str(location), schema, tokens)
     for shard in range(schema.num_shards):
         rows = []
@@ -135,6 +146,29 @@ def test_compare_puts_students_and_teacher_in_one_table_and_plot(runs, oracle_ca
         assert float(r["mAP"]) < float(teacher["mAP"])  # one training step vs the ground truth
     assert "AP car" in rows[0] and (out / "compare.png").stat().st_size > 5000
     assert "teacher:oracle" in text
+    assert "different splits" not in captured.err + md and "WARNING" not in _png_title(out / "compare.png")
+
+
+def _png_title(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return str(im.text["Title"])
+
+
+def test_compare_warns_in_table_stderr_and_plot_title_when_splits_differ(runs, train_oracle_cache, synth_dataroot,
+                                                                         tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(runs[0]), "--cache", str(train_oracle_cache), "--dataroot", str(synth_dataroot),
+               "--out", str(out), "--no-plots"])  # the run on mini_val (the default), the teacher on its cache's split
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    expected = ("evaluated on different splits: nuscenes:v1.0-mini:mini_val (nokd); "
+                "nuscenes:v1.0-mini:mini_train (teacher:oracle)")
+    assert [ln for ln in captured.err.splitlines() if "different splits" in ln] == [
+        f"bevkd compare: warning: {expected}"]
+    assert expected in (out / "compare.md").read_text()
+    assert _png_title(out / "compare.png").endswith(f"\nWARNING: {expected}")
 
 
 def test_compare_reads_stored_evaluations_and_names_a_missing_one(runs, tmp_path, capsys):

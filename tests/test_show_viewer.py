@@ -145,3 +145,44 @@ def test_unknown_sample_is_one_line_naming_token_and_cache(cache, tmp_path, caps
     assert main(["show", str(cache), "--sample", "not-a-token", "--out", str(tmp_path / "c.png")]) == 2
     err = _one_line(capsys.readouterr().err)
     assert err.startswith("bevkd show:") and "not-a-token" in err and str(cache) in err
+
+
+def test_png_defaults_to_the_dataset_the_cache_was_built_on(synth_dataroot, tiny_teacher, tmp_path, capsys):
+    from kd_cache import write_teacher_cache
+
+    from storage.nuscenes_reader import NuScenesReader
+
+    train = NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_train")  # not show's old default
+    cache = write_teacher_cache(tmp_path / "cache", train, tiny_teacher, image_size=(176, 64))
+    token = train.sample_tokens[-1]
+    out = tmp_path / "train.png"
+    assert main(["show", str(cache), "--dataroot", str(synth_dataroot), "--sample", token, "--out", str(out)]) == 0
+    assert f"GT boxes {len(train.read(token).gt_boxes)}," in capsys.readouterr().out  # GT drawn: the dataset was read
+    assert out.stat().st_size > 20_000
+
+    args = ["show", str(cache), "--dataroot", str(synth_dataroot), "--sample", token, "--out", str(tmp_path / "v.png")]
+    assert main([*args, "--split", "mini_val"]) == 2  # an explicit --split still wins
+    err = _one_line(capsys.readouterr().err)
+    assert token in err and "nuscenes:v1.0-mini:mini_val" in err and "nuscenes:v1.0-mini:mini_train" in err
+
+
+def test_pca_rgb_spreads_the_occupied_cells_and_blacks_out_the_empty_ones():
+    from pipeline.show import pca_rgb
+
+    rng = np.random.default_rng(0)
+    c, h, w = 16, 32, 32
+    feature = np.zeros((c, h, w), np.float32)  # a sparse LiDAR-like map: 91% of the cells empty
+    occupied = np.zeros((h, w), bool)
+    centres = rng.normal(size=(3, c)) + 3.0
+    for centre, (r0, c0) in zip(centres, [(4, 4), (12, 20), (24, 8)], strict=True):  # three kinds of occupied cell
+        feature[:, r0:r0 + 5, c0:c0 + 6] = centre[:, None, None] + 0.1 * rng.normal(size=(c, 5, 6))
+        occupied[r0:r0 + 5, c0:c0 + 6] = True
+    feature[:, 30, 30] = 40 * centres[0]  # one outlier cell
+    occupied[30, 30] = True
+
+    rgb = pca_rgb(feature)
+    assert rgb.shape == (h, w, 3) and rgb.dtype == np.float64 and rgb.min() >= 0 and rgb.max() <= 1
+    assert (rgb[~occupied] == 0).all()  # empty cells black (fit on all cells they took one mid colour)
+    # each channel spreads over the occupied cells (min-max scaling with the outlier: red std 0.10)
+    assert rgb[occupied].std(axis=0).min() > 0.3, rgb[occupied].std(axis=0)
+    assert (pca_rgb(np.zeros((4, 8, 8), np.float32)) == 0).all()  # nothing occupied: no error, all black
