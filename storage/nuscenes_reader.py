@@ -2,12 +2,12 @@
 
 Frames follow the devkit: annotations are global; boxes are converted to the keyframe's LiDAR
 frame only through :func:`storage.boxes.boxes_from_nuscenes` with ``lidar_from_global``.
+Which scenes and frames a reader yields (splits, scene lists, sweep frames) is decided in
+:mod:`storage.nuscenes_frames`, whose names are re-exported here.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -18,6 +18,8 @@ import numpy as np
 from storage.arrays import Float32Array, Float64Array, Int64Array
 from storage.boxes import boxes_from_nuscenes
 from storage.errors import SampleError
+from storage.nuscenes_frames import (ALL_SCENES, FRAMES, LIDAR_CHANNEL, SWEEP_KEY_CHANNEL, frame_tokens,
+                                     scene_list_id, select_scenes, split_scene_names)
 from storage.nuscenes_tables import (FOREIGN_KEYS, REQUIRED_FIELDS, NuScenesTableError, explain_broken_tables,
                                      require_fields)
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample, load_points
@@ -25,14 +27,6 @@ from storage.transforms import invert_transform, transform_from_quaternion
 
 if TYPE_CHECKING:
     from nuscenes import NuScenes  # untyped devkit: Any to mypy
-
-LIDAR_CHANNEL = "LIDAR_TOP"
-#: Which frames a reader yields: annotated keyframes, non-keyframe camera sweeps, or both.
-FRAMES = ("keyframes", "sweeps", "all")
-#: The channel whose non-keyframe sample_data rows define (and key) the sweep frames.
-SWEEP_KEY_CHANNEL = "CAM_FRONT"
-#: ``split`` value selecting every scene in the tables (custom nuScenes-format datasets).
-ALL_SCENES = "all"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -53,23 +47,6 @@ class Annotations:
     num_lidar_pts: Int64Array
     instance_tokens: tuple[str, ...]
     attribute_names: tuple[str, ...]
-
-
-def split_scene_names(split: str, version: str) -> list[str]:
-    """Scene names of a devkit split.
-
-    Raises:
-        ValueError: unknown split (lists the valid ones) or a split of another version.
-    """
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise ValueError(f"unknown nuScenes split {split!r}; valid: {', '.join(sorted(splits))}")
-    want = "mini" if split.startswith("mini") else "test" if split == "test" else "trainval"
-    if not version.endswith(want):
-        raise ValueError(f"split {split!r} belongs to a *-{want} version, not {version!r}")
-    return list(splits[split])
 
 
 def load_nuscenes(dataroot: str, version: str) -> NuScenes:
@@ -131,10 +108,10 @@ class NuScenesReader:
             raise ValueError(f"NuScenesReader: frames must be one of {FRAMES}, got {frames!r}")
         self.dataroot = os.path.abspath(dataroot)
         self.version, self.sweeps, self.frames = version, int(sweeps), frames
-        self.split = split if scenes is None else _scene_list_id(scenes)
+        self.split = split if scenes is None else scene_list_id(scenes)
         self.dataset_id = f"nuscenes:{version}:{self.split}" + ("" if frames == "keyframes" else f":{frames}")
         self._nusc: NuScenes | None = None
-        scene_rows = self._select_scenes(split, scenes)
+        scene_rows = select_scenes(self.nusc, self.dataroot, self.version, split, scenes)
         tokens: list[str] = []
         #: sweep frame token -> channel -> sample_data token of that channel's row nearest in time.
         self._sweep_frames: dict[str, dict[str, str]] = {}
@@ -145,64 +122,12 @@ class NuScenesReader:
                     tokens.append(tok)
                     tok = self._get("sample", tok, tok, "sample", "next")["next"]
         else:
-            tokens, self._sweep_frames = self._frame_tokens(scene_rows)
+            tokens, self._sweep_frames = frame_tokens(self.nusc, scene_rows, frames)
             if not tokens:
                 raise ValueError(f"{self.dataroot}: split {split!r} has no {frames} frames (no is_key_frame=false "
                                  f"{SWEEP_KEY_CHANNEL} sample_data)")
         self.sample_tokens: tuple[str, ...] = tuple(tokens)
         self._index = {t: i for i, t in enumerate(tokens)}
-
-    def _select_scenes(self, split: str, names: Sequence[str] | None) -> list[dict[str, Any]]:
-        """Scene rows of ``names`` (when given), of every scene (``split == "all"``) or of a devkit split."""
-        table_root = os.path.join(self.dataroot, self.version)
-        rows = [require_fields(s, "scene", ("token", "name", "first_sample_token"), table_root)
-                for s in self.nusc.scene]
-        if names is not None:
-            missing = [n for n in dict.fromkeys(names) if n not in {s["name"] for s in rows}]
-            if missing or not names:
-                raise ValueError(f"{os.path.join(table_root, 'scene.json')}: no scene named "
-                                 f"{', '.join(missing[:5]) or '(empty scene list)'}"
-                                 f"{f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''}; "
-                                 f"it has {len(rows)} scenes, e.g. {', '.join(s['name'] for s in rows[:3])}")
-            return [s for s in rows if s["name"] in set(names)]
-        if split == ALL_SCENES:
-            if not rows:
-                raise ValueError(f"{os.path.join(table_root, 'scene.json')}: no scenes")
-            return rows
-        wanted = set(split_scene_names(split, self.version))
-        scenes = [s for s in rows if s["name"] in wanted]
-        if not scenes:
-            have = sorted(s["name"] for s in rows)
-            raise ValueError(f"{self.dataroot}: no scene of split {split!r} (dataset has {', '.join(have[:10])}"
-                             f"{f', ... {len(have)} in all' if len(have) > 10 else ''}; --split all reads "
-                             f"every scene, --scenes FILE a list)")
-        return scenes
-
-    def _frame_tokens(self, scenes: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, str]]]:
-        """Frame tokens in time order per scene (keyframes by sample token with ``frames="all"``,
-        sweeps by their CAM_FRONT sample_data token) and each sweep frame's nearest rows."""
-        channels = (LIDAR_CHANNEL, *CAMERA_NAMES)
-        scene_tokens = {s["token"] for s in scenes}
-        scene_of = {r["token"]: r["scene_token"] for r in self.nusc.sample if r["scene_token"] in scene_tokens}
-        chains: dict[tuple[str, str], list[tuple[int, str, bool, str]]] = {}
-        for sd in self.nusc.sample_data:
-            scene = scene_of.get(sd["sample_token"])
-            if scene is not None and sd["channel"] in channels:
-                chains.setdefault((scene, sd["channel"]), []).append(
-                    (int(sd["timestamp"]), sd["token"], bool(sd["is_key_frame"]), sd["sample_token"]))
-        for chain in chains.values():
-            chain.sort()
-        tokens: list[str] = []
-        frames: dict[str, dict[str, str]] = {}
-        for scene in scenes:
-            for ts, tok, key, sample_token in chains.get((scene["token"], SWEEP_KEY_CHANNEL), []):
-                if key:
-                    if self.frames == "all":
-                        tokens.append(sample_token)
-                    continue
-                frames[tok] = {ch: _nearest(chains.get((scene["token"], ch), []), ts) for ch in channels}
-                tokens.append(tok)
-        return tokens, frames
 
     def is_labelled(self, index_or_token: int | str) -> bool:
         """True for an annotated keyframe, False for a sweep frame."""
@@ -423,21 +348,6 @@ class NuScenesReader:
         return np.concatenate(out, axis=0).astype(np.float32)
 
 
-def _scene_list_id(names: Sequence[str]) -> str:
-    """``scenes-<count>-<10 hex of sha1 of the sorted unique names>``: the same list, the same id."""
-    unique = sorted(set(names))
-    return f"scenes-{len(unique)}-{hashlib.sha1(chr(10).join(unique).encode()).hexdigest()[:10]}"
-
-
-def _nearest(chain: list[tuple[int, str, bool, str]], timestamp: int) -> str:
-    """Token of the time-sorted ``(timestamp, token, ...)`` row nearest to ``timestamp`` ('' if none;
-    ties go to the earlier row)."""
-    if not chain:
-        return ""
-    i = bisect.bisect_left(chain, (timestamp,))
-    best = min((j for j in (i - 1, i) if 0 <= j < len(chain)), key=lambda j: abs(chain[j][0] - timestamp))
-    return chain[best][1]
-
-
-__all__ = ["ALL_SCENES", "FOREIGN_KEYS", "FRAMES", "REQUIRED_FIELDS", "Annotations", "NuScenesReader",
-           "NuScenesTableError", "explain_broken_tables", "load_nuscenes", "split_scene_names"]
+__all__ = ["ALL_SCENES", "FOREIGN_KEYS", "FRAMES", "LIDAR_CHANNEL", "REQUIRED_FIELDS", "SWEEP_KEY_CHANNEL",
+           "Annotations", "NuScenesReader", "NuScenesTableError", "explain_broken_tables", "load_nuscenes",
+           "split_scene_names"]

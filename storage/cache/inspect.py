@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from storage.cache import layout, manifest, stores
 from storage.cache.schema import CacheSchema
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.abc.store import Store
 
 
 @dataclass(kw_only=True)
@@ -83,6 +87,20 @@ def _hints(s: CacheSchema, shards: int, ok: int, failed: int, problems: list[str
     return hints
 
 
+def open_read_only(location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None
+                   ) -> tuple[Store, zarr.Group, CacheSchema]:
+    """An existing cache opened read-only, as :func:`inspect_cache` and
+    :func:`storage.cache.verify.verify_cache` read it: its store, root group and schema.
+
+    Raises:
+        FileNotFoundError: no bevkd cache at ``location``.
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
+    """
+    store = stores.open_store(location, read_only=True, storage_options=storage_options)
+    root, attrs = layout.open_root(store)
+    return store, root, CacheSchema.from_dict(attrs)
+
+
 def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None,
                   max_failures: int = 5) -> CacheSummary:
     """Summarise a cache from its attributes and manifest, and check its metadata files
@@ -92,9 +110,7 @@ def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any]
         FileNotFoundError: no bevkd cache at ``location``.
         storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
     """
-    store = stores.open_store(location, read_only=True, storage_options=storage_options)
-    root, attrs = layout.open_root(store)
-    schema = CacheSchema.from_dict(attrs)
+    store, _, schema = open_read_only(location, storage_options=storage_options)
     problems = layout.metadata_problems(store, schema)
     table = manifest.read_manifest(store, [t.name for t in schema.targets])
     status = np.asarray(table.column("status").to_pylist(), dtype=object)

@@ -23,6 +23,7 @@ from zarr.types import AnyArray
 
 from storage.arrays import AnyDtypeArray
 from storage.cache import layout, manifest, stores
+from storage.cache.inspect import open_read_only
 from storage.cache.schema import CacheSchema
 from storage.cache.writer import row_checksum
 from storage.errors import CacheMetadataError
@@ -157,9 +158,7 @@ def verify_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] 
         FileNotFoundError: no bevkd cache at ``location``.
         storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
     """
-    store = stores.open_store(location, read_only=True, storage_options=storage_options)
-    root, attrs = layout.open_root(store)
-    schema = CacheSchema.from_dict(attrs)
+    store, root, schema = open_read_only(location, storage_options=storage_options)
     committed = manifest.committed_shards(store)
     report = VerifyReport(location=stores.describe(store), num_shards=schema.num_shards,
                           shards_committed=len(committed), metadata_problems=layout.metadata_problems(store, schema))
