@@ -80,7 +80,11 @@ def ray_session(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """torch on one thread for the module: small ops on a shared 2-core machine only contend."""
+    """torch on one thread for the module: small ops on a shared 2-core machine only contend.
+
+    A module opts in for all its tests, set up before its other module fixtures (so its caches
+    are written on one thread too), with ``pytestmark = pytest.mark.usefixtures("one_thread")``;
+    never autouse here, which would change every module's threading."""
     import torch
 
     n = torch.get_num_threads()
@@ -107,3 +111,27 @@ def tiny_teacher():
 
     torch.manual_seed(0)
     return CenterPointTeacher(centerpoint_tiny()).eval()
+
+
+@pytest.fixture(scope="session")
+def reader(synth_val_reader):
+    """Short name of ``synth_val_reader`` (the student tests' reader); a module may define its own."""
+    return synth_val_reader
+
+
+@pytest.fixture(scope="session")
+def teacher(tiny_teacher):
+    """Short name of ``tiny_teacher`` (the student tests' teacher); a module may define its own."""
+    return tiny_teacher
+
+
+@pytest.fixture(scope="module")
+def student_cache(synth_val_reader, tiny_teacher, tmp_path_factory) -> Path:
+    """A teacher-target cache written afresh for each module that asks for it (tests may break
+    copies of it): ``tiny_teacher`` over ``synth_val_reader`` by the real cache job, default
+    codecs, images of the tiny student (``tiny_student.IMAGE_WH``)."""
+    from kd_cache import write_teacher_cache
+    from tiny_student import IMAGE_WH
+
+    return write_teacher_cache(tmp_path_factory.mktemp("kd") / "cache", synth_val_reader, tiny_teacher,
+                               image_size=IMAGE_WH)

@@ -26,9 +26,10 @@ from student.losses import DistillationConfig, DistillationLoss, LossWeights, Te
 from student.model import StudentModel
 from student.packed_targets import live_teacher_targets, packed_to_teacher_targets, spec_from_schema, warp_bev_targets
 from storage.cache import CacheReader
+from tiny_student import image_wh
 
 CFG = StudentConfig.tiny(simdistill=True)
-IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
+IMAGE_WH = image_wh(CFG)
 ALL = LossWeights(detection=1.0, depth_bce=3.0, dense_feature=1.0, lgkd_feature=1.0, heatmap=1.0, keypoint_response=1.0,
                   instance=0.5, fusion_camera=1.0, fusion_lidar=1.0, fusion_fused=1.0, adversarial=0.1)
 DISTILL = DistillationConfig(weights=ALL, fusion_teacher=("lidar_bev", "lidar_bev", "neck"),
@@ -36,19 +37,7 @@ DISTILL = DistillationConfig(weights=ALL, fusion_teacher=("lidar_bev", "lidar_be
 DATA = DataConfig(bev_aug=BEVAugConfig(), depth_image_size=IMAGE_WH)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def reader(synth_val_reader):
-    return synth_val_reader
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
 
 
 @pytest.fixture(scope="module")

@@ -18,33 +18,13 @@ from student.config import StudentConfig
 from student.dataset import Collate, DataConfig, ImageAugConfig, StudentDataset, open_cache
 from student.packed_targets import align_targets, packed_to_teacher_targets, unpack_targets
 from teachers.cache_row import fg_mask_from_boxes, lidar_depth_maps
+from tiny_student import CFG, IMAGE_WH
 
-CFG = StudentConfig.tiny()
-IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
 
 
-@pytest.fixture(scope="module")
-def reader(synth_val_reader):
-    return synth_val_reader
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
-
-
-@pytest.fixture(scope="module")
-def cache(reader, teacher, tmp_path_factory):
-    return write_teacher_cache(tmp_path_factory.mktemp("kd") / "cache", reader, teacher, image_size=IMAGE_WH)
-
-
-def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, cache):
-    ds = StudentDataset(reader, CFG, DataConfig(bev_aug=None, image_aug=None), cache=cache, train=False)
+def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, student_cache):
+    ds = StudentDataset(reader, CFG, DataConfig(bev_aug=None, image_aug=None), cache=student_cache, train=False)
     collate = Collate(ds.grid, CFG.image_hw)
     batch = next(iter(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)))
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 6, 3, *CFG.image_hw)
@@ -58,7 +38,7 @@ def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, 
     assert torch.equal(same.images, batch.images) and torch.equal(same.targets.dense["heatmap"].data,
                                                                    batch.targets.dense["heatmap"].data)
     targets = packed_to_teacher_targets(batch.targets, "cpu")
-    decoded = CacheReader(cache).read(batch.sample_tokens[1])  # numpy dequantisation in the reader
+    decoded = CacheReader(student_cache).read(batch.sample_tokens[1])  # numpy dequantisation in the reader
     for name in ("neck", "lidar_bev"):
         np.testing.assert_allclose(targets.bev_features[name][1].numpy(), decoded.bev_features[name], rtol=0, atol=1e-6)
     np.testing.assert_allclose(targets.heatmap[1].numpy(), decoded.heatmap, atol=1e-7)
@@ -68,10 +48,10 @@ def test_workers_ship_uint8_and_targets_dequantise_to_the_decoded_cache(reader, 
     assert images.dtype == torch.float32 and -3 < float(images.mean()) < 3
 
 
-def test_bev_augmentation_moves_masks_boxes_and_maps_with_the_student(reader, cache):
+def test_bev_augmentation_moves_masks_boxes_and_maps_with_the_student(reader, student_cache):
     bev_aug = BEVAugConfig(rotation_range=(0.5, 0.5), scale_range=(1.04, 1.04), flip_prob=1.0)
     ds = StudentDataset(reader, CFG, DataConfig(bev_aug=bev_aug, image_aug=None),
-                        cache=cache, train=True, seed=3)
+                        cache=student_cache, train=True, seed=3)
     item = ds[0]
     a = bev_augmentation_matrix(rotation=0.5, scale=1.04, flip_x=True, flip_y=True)
     np.testing.assert_allclose(item.bev_aug, a, atol=1e-6)
@@ -81,20 +61,20 @@ def test_bev_augmentation_moves_masks_boxes_and_maps_with_the_student(reader, ca
     expected = fg_mask_from_boxes(item.gt_boxes, ds.grid)  # mask recomputed from the augmented GT boxes
     got = t.fg_mask[0].numpy()
     iou = (got & expected).sum() / max((got | expected).sum(), 1)
-    unwarped = CacheReader(cache).read(item.sample_token).fg_mask
+    unwarped = CacheReader(student_cache).read(item.sample_token).fg_mask
     iou_unwarped = (unwarped & expected).sum() / max((unwarped | expected).sum(), 1)
     print(f"fg_mask IoU with the augmented GT: warped {iou:.3f}, unwarped {iou_unwarped:.3f}")
     assert iou > 0.35 and iou > iou_unwarped + 0.3  # small boxes on 3.2 m cells: nearest resampling costs IoU
-    raw = CacheReader(cache).read(item.sample_token)
+    raw = CacheReader(student_cache).read(item.sample_token)
     centre = raw.boxes[0, :2]
     moved = a[:2, :2] @ centre + a[:2, 3]
     np.testing.assert_allclose(t.boxes[0][0, :2].numpy(), moved, atol=1e-4)
     assert len(sample.gt_boxes) == len(item.gt_boxes)
 
 
-def test_image_augmentation_moves_the_cached_depth_like_a_fresh_projection(reader, cache):
+def test_image_augmentation_moves_the_cached_depth_like_a_fresh_projection(reader, student_cache):
     data = DataConfig(bev_aug=None, image_aug=ImageAugConfig(resize_jitter=(0.1, 0.1), crop_up=0.0, flip_prob=1.0))
-    ds = StudentDataset(reader, CFG, data, cache=cache, train=True, seed=1)
+    ds = StudentDataset(reader, CFG, data, cache=student_cache, train=True, seed=1)
     item = ds[2]
     t = packed_to_teacher_targets(Collate(ds.grid, CFG.image_hw)([item]).targets, "cpu")
     sample = reader.read(item.sample_token)
@@ -104,7 +84,7 @@ def test_image_augmentation_moves_the_cached_depth_like_a_fresh_projection(reade
     assert got.shape == direct.shape == (6, *CFG.feature_size)
     both = (got > 0) & (direct > 0)
     close = np.abs(got[both] - direct[both]) < 0.1 * direct[both]
-    unflipped = CacheReader(cache).read(item.sample_token).lidar_depth
+    unflipped = CacheReader(student_cache).read(item.sample_token).lidar_depth
     both_u = (unflipped > 0) & (direct > 0)
     close_u = np.abs(unflipped[both_u] - direct[both_u]) < 0.1 * direct[both_u]
     print(f"depth cells agreeing with a fresh projection: warped {close.mean():.3f} of {both.sum()}, "
@@ -118,9 +98,10 @@ def test_image_augmentation_moves_the_cached_depth_like_a_fresh_projection(reade
 
 
 def test_multi_view_cache_draws_views_and_applies_only_the_residual(reader, teacher, tmp_path):
-    cache = write_teacher_cache(tmp_path / "kv", reader, teacher, image_size=IMAGE_WH, views=1)
-    views = [CacheReader(cache).read(reader.sample_tokens[0], view=v).view_matrix for v in range(2)]  # the job's draws
-    ds = StudentDataset(reader, CFG, DataConfig(bev_aug=None, image_aug=None), cache=cache, train=True, seed=0)
+    views_cache = write_teacher_cache(tmp_path / "kv", reader, teacher, image_size=IMAGE_WH, views=1)
+    # the job's draws
+    views = [CacheReader(views_cache).read(reader.sample_tokens[0], view=v).view_matrix for v in range(2)]
+    ds = StudentDataset(reader, CFG, DataConfig(bev_aug=None, image_aug=None), cache=views_cache, train=True, seed=0)
     drawn = set()
     for epoch in range(6):
         ds.set_epoch(epoch)
@@ -129,26 +110,26 @@ def test_multi_view_cache_draws_views_and_applies_only_the_residual(reader, teac
         drawn.add(view)
         np.testing.assert_allclose(item.residual_bev, np.eye(4), atol=1e-6)  # student takes the view's augmentation
         t = unpack_targets(Collate(ds.grid, CFG.image_hw)([item]).targets, "cpu")
-        stored = CacheReader(cache).read(item.sample_token, view=view).bev_features["neck"]
+        stored = CacheReader(views_cache).read(item.sample_token, view=view).bev_features["neck"]
         np.testing.assert_allclose(t.bev_features["neck"][0].numpy(), stored, atol=1e-6)
     assert drawn == {0, 1}
-    fresh = StudentDataset(reader, CFG, DataConfig(image_aug=None), cache=cache, train=True, seed=0)
+    fresh = StudentDataset(reader, CFG, DataConfig(image_aug=None), cache=views_cache, train=True, seed=0)
     item = fresh[0]
     assert not np.allclose(item.residual_bev, np.eye(4))
     assert any(np.allclose(item.residual_bev @ v, item.bev_aug, atol=1e-5) for v in views)
 
 
-def test_mismatched_caches_are_refused_naming_what_differs(synth_dataroot, reader, cache):
+def test_mismatched_caches_are_refused_naming_what_differs(synth_dataroot, reader, student_cache):
     from storage.grid import DEMO_GRID
 
     other_split = NuScenesReader(synth_dataroot, version="v1.0-mini", split="mini_train")
     with pytest.raises(CacheMismatchError, match="dataset"):
-        open_cache(cache, other_split)
+        open_cache(student_cache, other_split)
     with pytest.raises(CacheMismatchError, match="grid"):
-        open_cache(cache, reader, expect_grid=DEMO_GRID.with_stride(4))
+        open_cache(student_cache, reader, expect_grid=DEMO_GRID.with_stride(4))
     with pytest.raises(CacheMismatchError, match=r"lacks targets \['depth_probs'\]"):
-        open_cache(cache, reader, required_targets=["heatmap", "depth_probs"])
-    assert open_cache(cache, reader, required_targets=["heatmap"]).schema.grid.same_as(DEMO_GRID.with_stride(8))
+        open_cache(student_cache, reader, required_targets=["heatmap", "depth_probs"])
+    assert open_cache(student_cache, reader, required_targets=["heatmap"]).schema.grid.same_as(DEMO_GRID.with_stride(8))
 
 
 def test_real_keyframe_augmented_cameras_and_depth_overlay(keyframe_info, artefacts):

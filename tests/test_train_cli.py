@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from kd_cache import write_teacher_cache
 from pipeline.cli import main
 from pipeline.cmd_train import _resolve_dataset, add_arguments, eval_split
 from storage.cache import CacheReader
@@ -23,19 +22,7 @@ from student.losses import DistillationConfig, LossWeights
 from student.model.resnet import ResNet, load_backbone_weights
 from student.train_config import TrainConfig
 
-CFG = StudentConfig.tiny()
-IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def cache(synth_val_reader, tiny_teacher, tmp_path_factory):
-    return write_teacher_cache(tmp_path_factory.mktemp("train_cli") / "cache", synth_val_reader, tiny_teacher,
-                               image_size=IMAGE_WH)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
 
 
 def _one_line(err: str) -> str:
@@ -96,12 +83,12 @@ def test_bad_config_or_flag_is_one_line_on_stderr(argv, needle, capsys):
     assert rc == 2 and out == "" and needle in _one_line(err)
 
 
-def test_split_and_version_default_to_the_cache_then_to_the_training_split(synth_dataroot, cache):
+def test_split_and_version_default_to_the_cache_then_to_the_training_split(synth_dataroot, student_cache):
     args = _args("--dataroot", str(synth_dataroot))
     _resolve_dataset(args, None)
     assert (args.version, args.split, eval_split(args)) == ("v1.0-mini", "mini_train", "mini_val")
-    args = _args("--dataroot", str(synth_dataroot), "--cache", str(cache))
-    _resolve_dataset(args, CacheReader(cache))  # the cache was written over mini_val
+    args = _args("--dataroot", str(synth_dataroot), "--cache", str(student_cache))
+    _resolve_dataset(args, CacheReader(student_cache))  # the cache was written over mini_val
     assert (args.version, args.split, eval_split(args)) == ("v1.0-mini", "mini_val", "mini_val")
     args = _args("--dataroot", str(synth_dataroot), "--split", "train", "--version", "v1.0-trainval")
     _resolve_dataset(args, None)
@@ -188,11 +175,11 @@ def test_cli_loads_backbone_weights_or_warns_about_training_from_scratch(synth_d
     assert "from scratch" not in err and f"loaded {len(state) - 2} tensors from {path}; missing 0, unexpected 0" in err
 
 
-def test_corrupt_chunk_read_by_a_loader_worker_is_one_line(synth_dataroot, cache, tmp_path, capsys):
+def test_corrupt_chunk_read_by_a_loader_worker_is_one_line(synth_dataroot, student_cache, tmp_path, capsys):
     import shutil
 
     broken = tmp_path / "cache"
-    shutil.copytree(cache, broken)
+    shutil.copytree(student_cache, broken)
     chunks = sorted(p for p in (broken / "targets").rglob("*") if p.is_file() and "/c/" in str(p))
     assert chunks
     for chunk in chunks:  # every stored chunk: whichever row the loader reads first is corrupt

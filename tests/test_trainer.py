@@ -13,45 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd_cache import write_teacher_cache
 from pipeline.cli import main
-from student.config import StudentConfig
 from student.dataset import DataConfig
 from student.model import StudentModel
 from student.trainer import TrainConfig, train_student
+from tiny_student import CFG
 
-CFG = StudentConfig.tiny()
-IMAGE_WH = (CFG.image_hw[1], CFG.image_hw[0])
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def reader(synth_val_reader):
-    return synth_val_reader
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
-
-
-@pytest.fixture(scope="module")
-def cache(reader, teacher, tmp_path_factory):
-    return write_teacher_cache(tmp_path_factory.mktemp("kd_train") / "cache", reader, teacher, image_size=IMAGE_WH)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
 
 
 def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, cache, tmp_path, capsys):
+def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, student_cache, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--cache", str(cache),
+    rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--cache", str(student_cache),
                "--out", str(out), "--steps", "2", "--batch-size", "2", "--student", "tiny", "--workers", "1",
                "--recipe", "all"])
     text = capsys.readouterr().out
@@ -70,19 +50,21 @@ def test_cli_trains_logs_every_term_checkpoints_and_evaluates(synth_dataroot, ca
     assert "mAP" in text and "NDS" in text and "per-class AP: car" in text
 
 
-def test_cli_refuses_a_cache_of_another_split(synth_dataroot, cache, tmp_path, capsys):
-    rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_train", "--cache", str(cache),
+def test_cli_refuses_a_cache_of_another_split(synth_dataroot, student_cache, tmp_path, capsys):
+    rc = main(["train", "--dataroot", str(synth_dataroot), "--split", "mini_train", "--cache", str(student_cache),
                "--out", str(tmp_path / "x"), "--steps", "1", "--student", "tiny", "--workers", "0"])
     text = capsys.readouterr().err
     assert rc == 2 and "dataset" in text and "mini_val" in text and "mini_train" in text
 
 
-def test_resume_continues_bit_for_bit(reader, cache, tmp_path):
+def test_resume_continues_bit_for_bit(reader, student_cache, tmp_path):
     base = dict(student=CFG, batch_size=2, workers=0, progress=False, seed=4, data=DataConfig())
-    straight = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "a")), reader, cache)
-    first = train_student(TrainConfig(**base, steps=4, stop_after=2, out_dir=str(tmp_path / "b")), reader, cache)
+    straight = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "a")), reader, student_cache)
+    first = train_student(TrainConfig(**base, steps=4, stop_after=2, out_dir=str(tmp_path / "b")), reader,
+                          student_cache)
     assert first.steps == 2
-    resumed = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "b"), resume=True), reader, cache)
+    resumed = train_student(TrainConfig(**base, steps=4, out_dir=str(tmp_path / "b"), resume=True), reader,
+                            student_cache)
     a, b = _log(straight.loss_log), _log(resumed.loss_log)
     # 6 samples: 3 steps/epoch
     assert [r["step"] for r in b] == [1, 2, 3, 4] and a[1]["epoch"] == 0 and a[3]["epoch"] == 1
@@ -107,12 +89,12 @@ def test_online_teacher_and_no_distill_amp_runs(reader, teacher, tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in plain.final_losses.values())
 
 
-def test_ddp_two_cpu_processes_over_gloo_read_their_own_rows_and_agree(synth_dataroot, cache, tmp_path):
+def test_ddp_two_cpu_processes_over_gloo_read_their_own_rows_and_agree(synth_dataroot, student_cache, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
            "-m", "pipeline.cli", "train", "--dataroot", str(synth_dataroot), "--split", "mini_val",
-           "--cache", str(cache), "--out", str(out), "--steps", "2", "--batch-size", "1", "--student", "tiny",
+           "--cache", str(student_cache), "--out", str(out), "--steps", "2", "--batch-size", "1", "--student", "tiny",
            "--workers", "0", "--device", "cpu", "--no-eval"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -134,14 +116,14 @@ def test_trains_from_a_cache_written_by_the_cache_job(synth_dataroot, tmp_path, 
     from storage.cache import CacheReader
     from student.dataset import cache_depth_geometry
 
-    cache = tmp_path / "job_cache"
+    job_cache = tmp_path / "job_cache"
     data = ["--dataroot", str(synth_dataroot), "--split", "mini_val"]
     assert main(["cache", *data, "--no-ray", "--teacher", "centerpoint", "--views", "1", "--image-size", "176", "64",
-                 "--shard-size", "4", "--max-boxes", "100", "--out", str(cache), "--no-progress"]) == 0
-    reader = CacheReader(cache)
+                 "--shard-size", "4", "--max-boxes", "100", "--out", str(job_cache), "--no-progress"]) == 0
+    reader = CacheReader(job_cache)
     assert reader.schema.views == 2 and cache_depth_geometry(reader) == ((176, 64), 16)
     out = tmp_path / "run"
-    rc = main(["train", *data, "--cache", str(cache), "--out", str(out), "--steps", "2", "--student", "tiny",
+    rc = main(["train", *data, "--cache", str(job_cache), "--out", str(out), "--steps", "2", "--student", "tiny",
                "--workers", "0", "--no-eval"])
     assert rc == 0, capsys.readouterr().out
     log = _log(out / "train_log.jsonl")  # the default (ablated) recipe: BEVDistill instance distillation + depth
