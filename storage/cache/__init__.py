@@ -1,7 +1,8 @@
 """The teacher-target cache: a versioned Zarr v3 store with a Parquet manifest.
 
 What a teacher computed once, kept small (per-target codecs), safe (per-shard commit records,
-checksums) and fast to stream. Modules: :mod:`~storage.cache.schema` (what is stored: the target-field table),
+checksums) and fast to stream. Modules: :mod:`~storage.cache.fields` (the target-field table and
+codec names), :mod:`~storage.cache.schema` (what one cache stores),
 :mod:`~storage.cache.row` (one row, :class:`CacheRow`),
 :mod:`~storage.cache.codecs` (how values are encoded), :mod:`~storage.cache.stores` (local dirs,
 fsspec URLs, Zarr stores), :mod:`~storage.cache.layout` (Zarr arrays and keys),
