@@ -26,6 +26,22 @@ from torch import nn
 from teachers.config import CenterPointConfig
 
 
+def sparse_to_dense(x: spconv.SparseConvTensor) -> torch.Tensor:
+    """The dense ``(B, C, D, H, W)`` grid of ``x`` (zeros where no voxel is active), as
+    ``SparseConvTensor.dense()`` returns it; spconv 2.3.6 scatters with a list index that torch
+    deprecates ("will be interpreted as tensor index"), so the scatter is done here with a tuple.
+
+    Args:
+        x: ``features`` ``(V, C)``, ``indices`` ``(V, 4)`` int32 ``[batch, z, y, x]``,
+            ``spatial_shape`` ``(D, H, W)``.
+    """
+    d, h, w = (int(n) for n in x.spatial_shape)
+    out = x.features.new_zeros((x.batch_size, d, h, w, x.features.shape[1]))
+    idx = x.indices.long()
+    out[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]] = x.features
+    return out.permute(0, 4, 1, 2, 3).contiguous()
+
+
 def _bn(channels: int) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
 
@@ -109,6 +125,6 @@ class SparseEncoder(nn.Module):
         x = spconv.SparseConvTensor(features, coords.int(), self.sparse_shape, batch_size)
         x = self.conv_input(x)
         x = self.encoder_layers(x)
-        out = self.conv_out(x).dense()  # (B, C, D, H, W)
+        out = sparse_to_dense(self.conv_out(x))  # (B, C, D, H, W)
         b, c, d, h, w = out.shape
         return out.reshape(b, c * d, h, w)

@@ -102,3 +102,25 @@ def test_teacher_loss_backpropagates_on_keyframe(keyframe_sample):
     g = model.pts_middle_encoder.conv_input[0].weight.grad
     assert g is not None and float(g.abs().sum()) > 0
     assert torch.isfinite(losses.total)
+
+
+def test_sparse_to_dense_equals_spconv_dense_without_its_deprecated_indexing():
+    import warnings
+
+    import spconv.pytorch as spconv
+
+    from teachers.sparse_encoder import sparse_to_dense
+
+    g = torch.Generator().manual_seed(0)
+    shape, batch = (3, 5, 7), 2
+    cells = torch.randperm(batch * 3 * 5 * 7, generator=g)[:40]
+    coords = torch.stack([cells // 105, cells // 35 % 3, cells // 7 % 5, cells % 7], dim=1).int()
+    x = spconv.SparseConvTensor(torch.randn(40, 4, generator=g), coords, list(shape), batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # spconv's own list indexing, the reason for sparse_to_dense
+        reference = x.dense()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = sparse_to_dense(x)
+    assert ours.shape == (batch, 4, *shape)
+    assert torch.equal(ours, reference) and int((ours != 0).any(dim=1).sum()) == 40
