@@ -73,6 +73,21 @@ class EvalRecord:
         return path
 
 
+class _DistanceBands(argparse.Action):
+    """``--distance-bands``: finite, positive, strictly increasing edges (m), checked at parse time
+    (:func:`storage.nuscenes_eval.check_distance_bands`), so a bad list is an argparse error naming the flag."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from storage.nuscenes_eval import check_distance_bands
+
+        try:
+            edges = check_distance_bands([float(v) for v in values])
+        except ValueError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        setattr(namespace, self.dest, list(edges))
+
+
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dataroot/--version/--split``, ``--distance-bands``, ``--device``, ``--no-plots`` (shared with compare)."""
     g = parser.add_argument_group("evaluation data (nuScenes devkit)")
@@ -82,7 +97,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--split", default=None,
                    help="devkit split evaluated (default: the cache's recorded split, else mini_val)")
     parser.add_argument("--distance-bands", type=float, nargs="*", default=list(DEFAULT_BANDS), metavar="M",
-                        help="edges (m) of the AP-per-ego-distance bands (default: %(default)s; none: no bands)")
+                        action=_DistanceBands,
+                        help="edges (m) of the AP-per-ego-distance bands, positive and increasing "
+                             "(default: %(default)s; none: no bands)")
     parser.add_argument("--device", default="cpu", help="device for student inference (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="skip the devkit's PR / TP curve PNGs")
 
@@ -92,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="evaluate the teacher boxes stored in this cache (instead of a RUN)")
     parser.add_argument("--out", metavar="DIR", default=None,
-                        help="output folder (default: RUN/eval, or <CACHE>-eval beside the cache)")
+                        help="output folder, created if needed; not an existing file (default: RUN/eval, or "
+                             "<CACHE>-eval beside the cache)")
     parser.add_argument("--score-threshold", type=float, default=None,
                         help="drop boxes below this score (default: the run's eval_score_threshold; 0 for a cache)")
     parser.add_argument("--modality", choices=("lidar", "camera", "fusion"), default=None,
@@ -239,6 +257,10 @@ def run(args: argparse.Namespace) -> int:
     bands = tuple(args.distance_bands or ())
     out = Path(args.out) if args.out else None
     try:
+        if out is not None:  # before the evaluation, not after it
+            from storage.nuscenes_eval import check_output_dir
+
+            check_output_dir(out)
         if args.cache:
             from storage.cache import CacheReader
 
@@ -249,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
             reader = open_eval_reader(args)
             record = evaluate_run(args.run, reader, out=out, device=args.device, score_threshold=args.score_threshold,
                                   bands=bands, plots=not args.no_plots, modality=args.modality or "camera")
-    except ValueError as exc:
+    except (ValueError, NotADirectoryError) as exc:
         print(f"bevkd eval: {exc}", file=sys.stderr)
         return 2
     print(format_record(record))

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", metavar="TOKEN", default=None,
                         help="sample_token to draw (default: the first committed row)")
     parser.add_argument("--view", type=int, default=0, help="view index for caches with --views K (default: 0)")
-    parser.add_argument("--out", metavar="PNG", default=None, help="output file (default: show-<token>.png)")
+    parser.add_argument("--out", metavar="PNG", default=None,
+                        help="output image file, not a folder; .png is added when it has no suffix "
+                             "(default: show-<token>.png)")
     parser.add_argument("--stage", metavar="NAME", default=None,
                         help="cached BEV map the PNG draws, e.g. lidar_bev, camera_bev, fused_bev "
                              "(default: the first stored stage)")
@@ -57,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from storage.cache import CacheReader
     from storage.errors import CacheRowError
 
+    if args.out is not None and not args.rrd:  # before any reading: refuse a folder or an unknown format
+        from pipeline.show import image_path
+
+        try:
+            image_path(args.out)
+        except (IsADirectoryError, ValueError) as exc:
+            return _fail(str(exc))
     cache = CacheReader(args.cache)
     token = args.sample
     if token is None:

@@ -130,17 +130,23 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     """Draw one cached row (and, when ``sample`` is given, its GT boxes, points and images).
 
     Args:
+        out: the image file; without a suffix ``.png`` is appended (``ShowResult.path`` is the file
+            written). Other suffixes pick matplotlib's format (``.jpg``, ``.pdf``, ``.svg``).
         stage: the ``bev_features/<stage>`` map to draw (default: the first stored).
         score_threshold: teacher boxes with a lower score are not drawn.
 
     Raises:
         KeyError: ``sample_token`` is not in the cache, or ``stage`` is not stored.
+        IsADirectoryError: ``out`` (after the suffix) is an existing folder.
+        ValueError: ``out`` has a suffix matplotlib cannot write.
         storage.errors.CacheCorruptError: a stored chunk fails its checksum.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    out = image_path(out)
 
     t: CacheRow = reader.read(sample_token, view=view)
     grid = reader.schema.grid
@@ -175,12 +181,32 @@ def render_sample(reader: CacheReader, sample_token: str, out: str | Path, *, vi
     fig.suptitle(f"sample {sample_token}  view {view}  teacher {reader.schema.teacher.name}  "
                  f"teacher boxes score >= {score_threshold:g}", fontsize=10)
     fig.tight_layout()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, format=out.suffix[1:].lower())
     plt.close(fig)
     return ShowResult(path=out, bev_stage=stage, gt_boxes_drawn=gt_drawn, teacher_boxes_drawn=n_teacher,
                       gt_boxes_on_foreground=frac, colour_bars=tuple(bars))
+
+
+def image_path(out: str | Path) -> Path:
+    """The file :func:`render_sample` writes for ``out``: ``out`` itself, or ``out.png`` without a suffix.
+
+    Raises:
+        IsADirectoryError: that path is an existing folder (e.g. ``--out some_dir``).
+        ValueError: a suffix matplotlib cannot write (lists those it can).
+    """
+    from matplotlib.figure import Figure
+
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give an image file name such as {path / 'show.png'}")
+    path = path if path.suffix else path.with_name(path.name + ".png")
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {out}: {path} is a folder; give another image file name")
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(f"--out {out}: cannot write {path.suffix!r} images (known: {', '.join(sorted(formats))})")
+    return path
 
 
 def _row_heights(grid: BEVGrid) -> list[float]:

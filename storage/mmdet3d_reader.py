@@ -34,6 +34,7 @@ Conventions of the Samples produced:
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 from pathlib import Path
@@ -45,6 +46,7 @@ import numpy as np
 from storage.arrays import Float32Array, Float64Array, Int64Array
 from storage.boxes import boxes_from_mmdet3d_v0, boxes_from_mmdet3d_v1, boxes_to_mmdet3d_v1
 from storage.errors import SampleError
+from storage.info_fields import InfoFields
 from storage.safe_pickle import safe_load
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample, load_points
 from storage.transforms import apply_transform, make_transform, transform_from_quaternion
@@ -55,11 +57,6 @@ MMDET3D_NUSCENES_CLASSES: tuple[str, ...] = (
     "traffic_cone", "barrier",
 )
 _CLASS_INDEX = {name: i for i, name in enumerate(NUSCENES_CLASSES)}
-
-
-def _m(x: Any, shape: tuple[int, int] = (4, 4)) -> Float64Array:
-    a = np.asarray(x, dtype=np.float64)
-    return a[: shape[0], : shape[1]].copy()
 
 
 def _us(seconds: float) -> int:
@@ -80,7 +77,7 @@ class Mmdet3dInfoReader:
     Raises:
         FileNotFoundError: the info file does not exist.
         UnsafePickleError: the info pickle references code (see :mod:`storage.safe_pickle`).
-        ValueError: the file is not an mmdet3d info pickle (names the file).
+        ValueError: the file is not an mmdet3d info pickle, or a sample has no ``token`` (names the file).
     """
 
     def __init__(self, info_path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None = None,
@@ -91,7 +88,7 @@ class Mmdet3dInfoReader:
             raise ValueError(f"Mmdet3dInfoReader: sweeps must be >= 0, got {sweeps}")
         self.sweeps = int(sweeps)
         self._load()
-        self.sample_tokens: tuple[str, ...] = tuple(str(i["token"]) for i in self._infos)
+        self.sample_tokens: tuple[str, ...] = tuple(str(i["token"]) for i in self._infos)  # checked by _load
         self._index = {t: i for i, t in enumerate(self.sample_tokens)}
         version = self._meta.get("version", "unknown")
         self.dataset_id = f"mmdet3d:{version}:{Path(self.info_path).stem}"
@@ -105,6 +102,10 @@ class Mmdet3dInfoReader:
         else:
             raise ValueError(f"{self.info_path}: not an mmdet3d info file (expected {{metainfo, data_list}} "
                              f"or {{infos, metadata}})")
+        key = "data_list" if self.layout == "v1" else "infos"
+        for i, info in enumerate(self._infos):
+            if not isinstance(info, dict) or not isinstance(info.get("token"), str) or not info["token"]:
+                raise ValueError(f"{self.info_path}: {key}[{i}] has no sample token (field token)")
         cats = self._meta.get("categories") or {n: i for i, n in enumerate(MMDET3D_NUSCENES_CLASSES)}
         self._label_map = {int(i): _CLASS_INDEX.get(str(n), -1) for n, i in cats.items()}
 
@@ -125,8 +126,10 @@ class Mmdet3dInfoReader:
 
         Raises:
             IndexError / KeyError: unknown index or token.
-            SampleError: a LiDAR/camera file is missing or broken, or a camera is absent from the
-                info; the message names the sample token, the field and the path.
+            SampleError: a LiDAR/camera file is missing or broken, a camera is absent from the
+                info, or a field is missing or not of its type and shape (``lidar_points.lidar2ego``
+                not 4x4 numbers, ``instances[3].bbox_3d`` not 7 numbers: :class:`InfoFields`); the
+                message names the sample token, the field and the path. Only that sample fails.
         """
         if "_infos" not in self.__dict__:
             self._load()
@@ -165,96 +168,117 @@ class Mmdet3dInfoReader:
             parts.append(sp)
         return np.concatenate(parts, axis=0)
 
-    def _image_size(self, path: str, img: dict[str, Any], token: str, cam: str) -> tuple[int, int]:
-        if img.get("width") is not None and img.get("height") is not None:
-            return (int(img["width"]), int(img["height"]))
+    def _image_size(self, path: str, img: InfoFields, cam: str) -> tuple[int, int]:
+        if img.raw("width", None) is not None and img.raw("height", None) is not None:
+            return (img.integer("width"), img.integer("height"))
         from PIL import Image, UnidentifiedImageError  # lazy: keep `import storage` light
 
         try:
             with Image.open(path) as im:
                 return (int(im.size[0]), int(im.size[1]))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise SampleError(token, f"{cam} image", f"unreadable header ({exc})", path) from None
+            raise SampleError(img.sample_token, f"{cam} image", f"unreadable header ({exc})", path) from None
 
-    def _labels(self, raw: Sequence[Any]) -> Int64Array:
+    def _labels(self, raw: Sequence[int]) -> Int64Array:
         return np.array([self._label_map.get(int(r), -1) for r in raw], dtype=np.int64)
 
+    def _fields(self, info: Any) -> InfoFields:
+        """Checked access to one sample's info (its ``token`` was checked when the file was opened)."""
+        return InfoFields(record=info, sample_token=str(info["token"]), info_path=self.info_path)
+
+    def _camera(self, info: InfoFields, key: str, cam: str) -> InfoFields:
+        """``info[key][cam]`` (``images`` / ``cams``).
+
+        Raises:
+            SampleError: the camera is absent (``<CAM> calibration missing from the info file``).
+        """
+        cams = info.raw(key, {})
+        if not isinstance(cams, dict) or not isinstance(cams.get(cam), dict):
+            raise SampleError(info.sample_token, f"{cam} calibration", "missing from the info file", self.info_path)
+        return info.sub(key).sub(cam)
+
     # ---- v1.1 --------------------------------------------------------------------------------
-    def _read_v1(self, info: dict[str, Any]) -> Sample:
-        token = str(info["token"])
-        lidar = info["lidar_points"]
-        lidar_path = self._resolve(lidar["lidar_path"], "samples/LIDAR_TOP", token, "LiDAR points")
-        ts = float(info["timestamp"])
+    def _read_v1(self, raw: dict[str, Any]) -> Sample:
+        info = self._fields(raw)
+        token = info.sample_token
+        lidar = info.sub("lidar_points")
+        lidar_path = self._resolve(lidar.text("lidar_path"), "samples/LIDAR_TOP", token, "LiDAR points")
+        ts = float(info.numbers("timestamp", ()))
         sweeps = []
-        for sw in (info.get("lidar_sweeps") or [])[: self.sweeps]:
-            sp = self._resolve(sw["lidar_points"]["lidar_path"], "sweeps/LIDAR_TOP", token, "LiDAR sweep")
+        for sw in itertools.islice(info.items("lidar_sweeps"), self.sweeps):
+            sw_points = sw.sub("lidar_points")
+            sp = self._resolve(sw_points.text("lidar_path"), "sweeps/LIDAR_TOP", token, "LiDAR sweep")
             # mmdet3d stores lidar2sensor = inverse(sweep sensor -> keyframe lidar).
-            sweeps.append((sp, np.linalg.inv(_m(sw["lidar_points"]["lidar2sensor"])), ts - float(sw["timestamp"])))
+            sweeps.append((sp, np.linalg.inv(sw_points.numbers("lidar2sensor", (4, 4), crop=True)),
+                           ts - float(sw.numbers("timestamp", ()))))
         cameras = []
-        images = info.get("images") or {}
         for cam in CAMERA_NAMES:
-            if cam not in images or not images[cam].get("img_path"):
+            img = self._camera(info, "images", cam)
+            if not img.raw("img_path", ""):
                 raise SampleError(token, f"{cam} calibration", "missing from the info file", self.info_path)
-            img = images[cam]
-            path = self._resolve(img["img_path"], f"samples/{cam}", token, f"{cam} image")
+            path = self._resolve(img.text("img_path"), f"samples/{cam}", token, f"{cam} image")
             cameras.append(CameraInfo(
-                name=cam, image_path=path, cam_intrinsic=_m(img["cam2img"], (3, 3)),
-                ego_from_cam=_m(img["cam2ego"]), lidar_from_cam=np.linalg.inv(_m(img["lidar2cam"])),
-                timestamp_us=_us(img.get("timestamp", ts)), image_size=self._image_size(path, img, token, cam)))
-        inst = info.get("instances") or []
-        labels = self._labels([i["bbox_label_3d"] for i in inst])
-        keep = labels >= 0
-        kept = [i for i, k in zip(inst, keep, strict=True) if k]
-        boxes = boxes_from_mmdet3d_v1(np.array([i["bbox_3d"] for i in kept], dtype=np.float64).reshape(-1, 7),
-                                      np.array([i.get("velocity", (0.0, 0.0)) for i in kept],
-                                               dtype=np.float64).reshape(-1, 2))
+                name=cam, image_path=path, cam_intrinsic=img.numbers("cam2img", (3, 3), crop=True),
+                ego_from_cam=img.numbers("cam2ego", (4, 4), crop=True),
+                lidar_from_cam=np.linalg.inv(img.numbers("lidar2cam", (4, 4), crop=True)),
+                timestamp_us=_us(float(img.numbers("timestamp", (), ts))), image_size=self._image_size(path, img, cam)))
+        inst = list(info.items("instances"))
+        labels = self._labels([i.integer("bbox_label_3d") for i in inst])
+        kept = [i for i, lab in zip(inst, labels, strict=True) if lab >= 0]
+        boxes = boxes_from_mmdet3d_v1(np.array([i.numbers("bbox_3d", (7,)) for i in kept]).reshape(-1, 7),
+                                      np.array([i.numbers("velocity", (2,), (0.0, 0.0)) for i in kept]).reshape(-1, 2))
         return Sample(
-            sample_token=token, timestamp_us=_us(ts), scene=self._scene(info), lidar_path=lidar_path,
+            sample_token=token, timestamp_us=_us(ts), scene=self._scene(raw), lidar_path=lidar_path,
             points=self._points(lidar_path, token, sweeps), cameras=tuple(cameras),
-            ego_from_lidar=_m(lidar["lidar2ego"]), global_from_ego=_m(info["ego2global"]),
-            gt_boxes=boxes, gt_labels=labels[keep],
-            num_lidar_pts=np.array([int(i.get("num_lidar_pts", -1)) for i in kept], dtype=np.int64),
-            instance_tokens=tuple(str(i.get("instance_token", "")) for i in kept))
+            ego_from_lidar=lidar.numbers("lidar2ego", (4, 4), crop=True),
+            global_from_ego=info.numbers("ego2global", (4, 4), crop=True), gt_boxes=boxes,
+            gt_labels=labels[labels >= 0],
+            num_lidar_pts=np.array([i.integer("num_lidar_pts", -1) for i in kept], dtype=np.int64),
+            instance_tokens=tuple(str(i.raw("instance_token", "")) for i in kept))
 
     def _scene(self, info: dict[str, Any]) -> str:
         return str(info.get("scene_name") or info.get("scene") or self._meta.get("scene") or "unknown")
 
     # ---- v0.x --------------------------------------------------------------------------------
-    def _read_v0(self, info: dict[str, Any]) -> Sample:
-        token = str(info["token"])
-        lidar_path = self._resolve(info["lidar_path"], "samples/LIDAR_TOP", token, "LiDAR points")
-        ts_us = int(info["timestamp"])
+    def _read_v0(self, raw: dict[str, Any]) -> Sample:
+        info = self._fields(raw)
+        token = info.sample_token
+        lidar_path = self._resolve(info.text("lidar_path"), "samples/LIDAR_TOP", token, "LiDAR points")
+        ts_us = info.integer("timestamp")
         sweeps = []
-        for sw in (info.get("sweeps") or [])[: self.sweeps]:
-            sp = self._resolve(sw["data_path"], "sweeps/LIDAR_TOP", token, "LiDAR sweep")
-            lidar_from_sweep = make_transform(sw["sensor2lidar_rotation"], sw["sensor2lidar_translation"])
-            sweeps.append((sp, lidar_from_sweep, (ts_us - int(sw["timestamp"])) / 1e6))
+        for sw in itertools.islice(info.items("sweeps"), self.sweeps):
+            sp = self._resolve(sw.text("data_path"), "sweeps/LIDAR_TOP", token, "LiDAR sweep")
+            lidar_from_sweep = make_transform(sw.numbers("sensor2lidar_rotation", (3, 3)),
+                                              sw.numbers("sensor2lidar_translation", (3,)))
+            sweeps.append((sp, lidar_from_sweep, (ts_us - sw.integer("timestamp")) / 1e6))
         cameras = []
-        cams = info.get("cams") or {}
         for cam in CAMERA_NAMES:
-            if cam not in cams:
-                raise SampleError(token, f"{cam} calibration", "missing from the info file", self.info_path)
-            c = cams[cam]
-            path = self._resolve(c["data_path"], f"samples/{cam}", token, f"{cam} image")
+            c = self._camera(info, "cams", cam)
+            path = self._resolve(c.text("data_path"), f"samples/{cam}", token, f"{cam} image")
             cameras.append(CameraInfo(
-                name=cam, image_path=path, cam_intrinsic=_m(c["cam_intrinsic"], (3, 3)),
-                ego_from_cam=transform_from_quaternion(c["sensor2ego_rotation"], c["sensor2ego_translation"]),
-                lidar_from_cam=make_transform(c["sensor2lidar_rotation"], c["sensor2lidar_translation"]),
-                timestamp_us=int(c.get("timestamp", ts_us)), image_size=self._image_size(path, c, token, cam)))
-        names = [str(n) for n in info.get("gt_names", [])]
+                name=cam, image_path=path, cam_intrinsic=c.numbers("cam_intrinsic", (3, 3), crop=True),
+                ego_from_cam=transform_from_quaternion(c.quaternion("sensor2ego_rotation"),
+                                                       c.numbers("sensor2ego_translation", (3,))),
+                lidar_from_cam=make_transform(c.numbers("sensor2lidar_rotation", (3, 3)),
+                                              c.numbers("sensor2lidar_translation", (3,))),
+                timestamp_us=c.integer("timestamp", ts_us), image_size=self._image_size(path, c, cam)))
+        names = [str(n) for n in info.raw("gt_names", [])]
         keep = np.array([n in _CLASS_INDEX for n in names], dtype=bool)
         n = len(names)
-        gt = np.asarray(info.get("gt_boxes", np.zeros((0, 7))), dtype=np.float64).reshape(n, -1)[keep, :7]
-        vel = info.get("gt_velocity")
-        vel = np.zeros((n, 2)) if vel is None else np.asarray(vel, dtype=np.float64).reshape(n, 2)
-        npts = np.asarray(info.get("num_lidar_pts", -np.ones(n)), dtype=np.int64).reshape(n)
-        tokens = info.get("instance_tokens") or [""] * n
+        gt = info.numbers("gt_boxes", (n, -1), np.zeros((0, 7)))
+        if gt.shape[1] < 7:
+            raise info.error("gt_boxes", f"is not {n}x7 numbers (got shape {gt.shape})")
+        vel = info.numbers("gt_velocity", (n, 2), np.zeros((n, 2)))
+        npts = info.numbers("num_lidar_pts", (n,), -np.ones(n)).astype(np.int64)
+        tokens = info.raw("instance_tokens", None) or [""] * n
         return Sample(
-            sample_token=token, timestamp_us=ts_us, scene=self._scene(info), lidar_path=lidar_path,
+            sample_token=token, timestamp_us=ts_us, scene=self._scene(raw), lidar_path=lidar_path,
             points=self._points(lidar_path, token, sweeps), cameras=tuple(cameras),
-            ego_from_lidar=transform_from_quaternion(info["lidar2ego_rotation"], info["lidar2ego_translation"]),
-            global_from_ego=transform_from_quaternion(info["ego2global_rotation"], info["ego2global_translation"]),
-            gt_boxes=boxes_from_mmdet3d_v0(gt, vel[keep]),
+            ego_from_lidar=transform_from_quaternion(info.quaternion("lidar2ego_rotation"),
+                                                     info.numbers("lidar2ego_translation", (3,))),
+            global_from_ego=transform_from_quaternion(info.quaternion("ego2global_rotation"),
+                                                      info.numbers("ego2global_translation", (3,))),
+            gt_boxes=boxes_from_mmdet3d_v0(gt[keep, :7], vel[keep]),
             gt_labels=np.array([_CLASS_INDEX[nm] for nm, k in zip(names, keep, strict=True) if k], dtype=np.int64),
             num_lidar_pts=npts[keep], instance_tokens=tuple(str(t) for t, k in zip(tokens, keep, strict=True) if k))
 

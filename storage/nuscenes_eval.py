@@ -167,13 +167,18 @@ def evaluate_detections(*, dataroot: str | os.PathLike[str], version: str, split
             (:func:`render_plots`).
 
     Raises:
-        ValueError: missing samples or inconsistent arrays (see :func:`results_json`).
+        ValueError: missing samples or inconsistent arrays (see :func:`results_json`), or
+            ``distance_bands`` not positive and strictly increasing (:func:`check_distance_bands`).
+        NotADirectoryError: ``output_dir`` or ``plot_dir`` (or a folder above) is an existing file.
     """
     from nuscenes.eval.common.config import config_factory
     from nuscenes.eval.detection.evaluate import DetectionEval
 
-    reader = reader or NuScenesReader(dataroot, version=version, split=split)
+    check_distance_bands(distance_bands)
     out = Path(output_dir)
+    for folder in (out, *([Path(plot_dir)] if plot_dir is not None else [])):
+        check_output_dir(folder)
+    reader = reader or NuScenesReader(dataroot, version=version, split=split)
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "results_nusc.json"
     result_path.write_text(json.dumps(results_json(reader, predictions, modality=modality)))
@@ -224,6 +229,35 @@ def render_plots(evaluator: Any, metrics: Any, md_list: Any, plot_dir: str | os.
     return written
 
 
+def check_distance_bands(edges: Sequence[float]) -> tuple[float, ...]:
+    """``edges`` as floats, when they are finite, positive and strictly increasing (``(15, 30)``).
+
+    Raises:
+        ValueError: e.g. ``distance band edges must be positive and strictly increasing (m), got 30 10``.
+    """
+    values = tuple(float(e) for e in edges)
+    ok = all(np.isfinite(v) and v > 0 for v in values) and all(a < b for a, b in itertools.pairwise(values))
+    if not ok:
+        raise ValueError("distance band edges must be positive and strictly increasing (m), got "
+                         + " ".join(f"{v:g}" for v in values))
+    return values
+
+
+def check_output_dir(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` as a Path, when it is a directory or can be made one.
+
+    Raises:
+        NotADirectoryError: ``folder``, or a folder above it, is an existing file (names it).
+    """
+    path = Path(folder)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(f"output folder {path}: {p} is an existing file, not a folder")
+            break
+    return path
+
+
 def band_names(edges: Sequence[float]) -> list[str]:
     """``(15, 30)`` -> ``["0-15m", "15-30m", "30m+"]``."""
     lo = [0.0, *edges]
@@ -258,5 +292,5 @@ def _band_aps(evaluator: Any, edges: Sequence[float]) -> dict[str, float]:
     return out
 
 
-__all__ = ["DEFAULT_ATTRIBUTE", "DetectionMetrics", "Detections", "band_names", "evaluate_detections", "render_plots",
-           "results_json"]
+__all__ = ["DEFAULT_ATTRIBUTE", "DetectionMetrics", "Detections", "band_names", "check_distance_bands",
+           "check_output_dir", "evaluate_detections", "render_plots", "results_json"]

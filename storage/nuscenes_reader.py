@@ -21,7 +21,7 @@ from storage.errors import SampleError
 from storage.nuscenes_frames import (ALL_SCENES, FRAMES, LIDAR_CHANNEL, SWEEP_KEY_CHANNEL, frame_tokens,
                                      scene_list_id, select_scenes, split_scene_names)
 from storage.nuscenes_tables import (FOREIGN_KEYS, REQUIRED_FIELDS, NuScenesTableError, explain_broken_tables,
-                                     require_fields)
+                                     numeric_field, require_fields)
 from storage.sample import CAMERA_NAMES, NUSCENES_CLASSES, CameraInfo, Sample, load_points
 from storage.transforms import invert_transform, transform_from_quaternion
 
@@ -35,7 +35,7 @@ class Annotations:
 
     Attributes:
         gt_boxes: ``(M, 9)`` float64 ``[x, y, z, l, w, h, yaw, vx, vy]``, lidar frame (velocity
-            from the devkit's ``box_velocity``, NaN -> 0).
+            as the devkit's ``box_velocity``, NaN -> 0; see :meth:`NuScenesReader._velocity`).
         gt_labels: ``(M,)`` int64 indices into NUSCENES_CLASSES.
         num_lidar_pts: ``(M,)`` int64.
         instance_tokens: ``M`` instance ids.
@@ -179,13 +179,61 @@ class NuScenesReader:
         return require_fields(rec, table, REQUIRED_FIELDS.get(table, ()), os.path.join(self.dataroot, self.version),
                               sample_token)
 
+    def _numbers(self, rec: dict[str, Any], table: str, fld: str, shape: tuple[int, ...],
+                 sample_token: str) -> Float64Array:
+        """:func:`~storage.nuscenes_tables.numeric_field` of this dataset (SampleError naming the row)."""
+        return numeric_field(rec, table, fld, shape, os.path.join(self.dataroot, self.version), sample_token)
+
+    def _transform(self, rec: dict[str, Any], table: str, sample_token: str) -> Float64Array:
+        """``(4, 4)`` float64 of a row's ``rotation`` (4 numbers, wxyz) and ``translation`` (3 numbers, m)."""
+        return transform_from_quaternion(self._numbers(rec, table, "rotation", (4,), sample_token),
+                                         self._numbers(rec, table, "translation", (3,), sample_token))
+
     def _pose(self, sd: dict[str, Any], sample_token: str) -> tuple[Float64Array, Float64Array]:
         """``(ego_from_sensor, global_from_ego)`` of a sample_data record."""
         cs = self._get("calibrated_sensor", sd["calibrated_sensor_token"], sample_token, "sample_data",
                        "calibrated_sensor_token", sd["token"])
         pose = self._get("ego_pose", sd["ego_pose_token"], sample_token, "sample_data", "ego_pose_token", sd["token"])
-        return (transform_from_quaternion(cs["rotation"], cs["translation"]),
-                transform_from_quaternion(pose["rotation"], pose["translation"]))
+        return self._transform(cs, "calibrated_sensor", sample_token), self._transform(pose, "ego_pose", sample_token)
+
+    def _velocity(self, ann: dict[str, Any], sample_token: str) -> Float64Array:
+        """``(2,)`` float64 global-frame velocity (m/s) of an annotation, as the devkit's
+        ``box_velocity``: the centred difference of its ``prev`` and ``next`` rows, one-sided
+        when one is absent, NaN when both are or they lie more than 1.5 s (centred: 3 s) apart.
+        A neighbour row without a usable ``translation`` / sample timestamp counts as absent: it
+        is that row's own sample which fails, naming it (one broken row, one error).
+
+        Raises:
+            SampleError: ``prev`` / ``next`` references a token the table lacks (names the record).
+        """
+        root = os.path.join(self.dataroot, self.version)
+
+        def at(rec: dict[str, Any]) -> tuple[Float64Array, float] | None:
+            try:
+                position = numeric_field(rec, "sample_annotation", "translation", (3,), root)
+                return position, 1e-6 * float(self.nusc.get("sample", rec["sample_token"])["timestamp"])
+            except (KeyError, ValueError, TypeError):  # NuScenesTableError is a ValueError
+                return None
+
+        ends: list[tuple[Float64Array, float] | None] = []
+        for fld in ("prev", "next"):
+            ref = ann[fld]
+            try:
+                ends.append(at(self.nusc.get("sample_annotation", ref)) if ref else None)
+            except KeyError:
+                path = os.path.join(root, "sample_annotation.json")
+                raise SampleError(sample_token, f"sample_annotation.{fld}",
+                                  f"references missing sample_annotation token {ref} (record {ann['token']})",
+                                  path) from None
+        own = at(ann)
+        first, last = ends[0] or own, ends[1] or own
+        if first is None or last is None or (ends[0] is None and ends[1] is None):
+            return np.full(2, np.nan)
+        dt = last[1] - first[1]
+        if dt > (3.0 if ends[0] is not None and ends[1] is not None else 1.5):
+            return np.full(2, np.nan)
+        out: Float64Array = ((last[0] - first[0]) / dt)[:2]
+        return out
 
     def _sample_data(self, sample: dict[str, Any], channel: str) -> dict[str, Any]:
         token = sample["data"].get(channel)
@@ -215,15 +263,11 @@ class NuScenesReader:
             name = category_to_detection_name(ann["category_name"])
             if name is None:
                 continue
-            try:
-                velocity = self.nusc.box_velocity(ann_token)[:2]
-            except KeyError as exc:
-                path = os.path.join(self.dataroot, self.version, "sample_annotation.json")
-                raise SampleError(token, "sample_annotation.prev/next", f"references missing token {exc}",
-                                  path) from None
-            rows.append((ann["translation"], ann["size"], ann["rotation"], velocity))
+            rows.append((*(self._numbers(ann, "sample_annotation", f, n, token)
+                           for f, n in (("translation", (3,)), ("size", (3,)), ("rotation", (4,)))),
+                         self._velocity(ann, token)))
             labels.append(NUSCENES_CLASSES.index(name))
-            pts.append(int(ann["num_lidar_pts"]))
+            pts.append(int(self._numbers(ann, "sample_annotation", "num_lidar_pts", (), token)))
             inst.append(ann["instance_token"])
             attrs.append(",".join(self._get("attribute", a, token, "sample_annotation", "attribute_tokens",
                                             ann_token)["name"]
@@ -282,7 +326,8 @@ class NuScenesReader:
             cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
             cameras.append(CameraInfo(
                 name=name, image_path=os.path.join(self.dataroot, sd["filename"]),
-                cam_intrinsic=np.array(cs["camera_intrinsic"], dtype=np.float64), ego_from_cam=ego_from_cam,
+                cam_intrinsic=self._numbers(cs, "calibrated_sensor", "camera_intrinsic", (3, 3), token),
+                ego_from_cam=ego_from_cam,
                 lidar_from_cam=lidar_from_global @ global_from_ego_cam @ ego_from_cam,
                 timestamp_us=int(sd["timestamp"]), image_size=(int(sd["width"]), int(sd["height"]))))
         ann = self.annotations(token)

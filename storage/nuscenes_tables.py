@@ -12,6 +12,9 @@ import os
 from typing import Any
 from collections.abc import Iterable
 
+import numpy as np
+
+from storage.arrays import Float64Array
 from storage.errors import DatasetTableError, SampleError
 
 #: Foreign keys of the v1.0 schema: (table, field) -> referenced table.
@@ -69,6 +72,43 @@ def require_fields(rec: dict[str, Any], table: str, fields: Iterable[str], table
     return rec
 
 
+def numeric_field(rec: dict[str, Any], table: str, fld: str, shape: tuple[int, ...], table_root: str,
+                  sample_token: str | None = None) -> Float64Array:
+    """``rec[fld]`` as a float64 array of ``shape`` (e.g. ``(4,)`` for a quaternion, ``(3, 3)`` for
+    ``camera_intrinsic``, ``()`` for a count), checked where the reader converts it.
+
+    Raises:
+        SampleError: with ``sample_token``: ``sample <token>: <table>.<field> is not 4 numbers (got
+            'north') in record <row> at <path>``; also a missing field, a non-finite value, or a
+            zero quaternion (``rotation``).
+        NuScenesTableError: the same without ``sample_token``: ``<path>: record <row> field <field> ...``.
+    """
+    require_fields(rec, table, (fld,), table_root, sample_token)
+    what = "x".join(map(str, shape)) + " numbers" if shape else "a number"
+    problem = ""
+    try:
+        value = np.asarray(rec[fld], dtype=np.float64)
+    except (TypeError, ValueError):
+        value, problem = np.zeros(shape), f"is not {what} (got {_short(rec[fld])})"
+    if not problem and value.shape != shape:
+        problem = f"is not {what} (got {_short(rec[fld])})"
+    elif not problem and not np.isfinite(value).all():
+        problem = f"is not {what}: not finite (got {_short(rec[fld])})"
+    elif not problem and fld == "rotation" and shape == (4,) and not np.linalg.norm(value) > 0:
+        problem = "is a zero quaternion"
+    if problem:
+        path, row = table_path(table_root, table), str(rec.get("token", "<no token>"))
+        if sample_token is not None:
+            raise SampleError(sample_token, f"{table}.{fld}", f"{problem} in record {row}", path)
+        raise NuScenesTableError(f"{path}: record {row} field {fld} {problem}", path=path, row_token=row, field=fld)
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def explain_broken_tables(table_root: str) -> None:
     """Raise the first unreadable table, row without a required field, or dangling foreign key
     found under ``table_root``; return when none is found.
@@ -109,5 +149,5 @@ def explain_broken_tables(table_root: str) -> None:
                                              f"{target} token {ref}", path=path, row_token=rec["token"], field=fld)
 
 
-__all__ = ["FOREIGN_KEYS", "REQUIRED_FIELDS", "NuScenesTableError", "explain_broken_tables", "require_fields",
-           "table_path"]
+__all__ = ["FOREIGN_KEYS", "REQUIRED_FIELDS", "NuScenesTableError", "explain_broken_tables", "numeric_field",
+           "require_fields", "table_path"]
