@@ -12,7 +12,6 @@ import argparse
 import time
 
 from storage.cache import layout, manifest, stores
-from storage.cache.schema import CacheSchema
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     store = stores.open_store(args.cache)
     _, attrs = layout.open_root(store)  # FileNotFoundError (one line) when there is no cache
-    schema = CacheSchema.from_dict(attrs)
+    schema = layout.read_schema(store, attrs)  # refuses another layout version: nothing written to it
     fits = manifest.RowLayout(num_rows=schema.num_rows, shard_size=schema.shard_size, views=schema.views)
     report = manifest.compact_manifest(store, [t.name for t in schema.targets], layout=fits)
     where = stores.key_location(store, manifest.COMPACTED_KEY)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -232,9 +234,21 @@ class BEVGrid:
                 "frame": self.frame}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BEVGrid:
-        return cls(point_cloud_range=tuple(d["point_cloud_range"]), voxel_size=tuple(d["voxel_size"]),
-                   frame=d.get("frame", "lidar"))
+    def from_dict(cls, d: Mapping[str, Any]) -> BEVGrid:
+        """The grid of :meth:`to_dict`'s output (e.g. read from a cache's ``zarr.json``).
+
+        Raises:
+            ValueError: a field missing or not what it must be; the message starts with the
+                field's name (``voxel_size: needs 3 numbers, got 'big'``), or the grid's own check.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"needs an object with point_cloud_range, voxel_size and frame, got {d!r:.80}")
+        frame = d.get("frame", "lidar")
+        if not isinstance(frame, str):
+            raise ValueError(f"frame: needs a string, got {frame!r:.80}")
+        pcr = cast("tuple[float, float, float, float, float, float]", _numbers(d, "point_cloud_range", 6))
+        return cls(point_cloud_range=pcr, voxel_size=cast("tuple[float, float, float]", _numbers(d, "voxel_size", 3)),
+                   frame=frame)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -246,6 +260,17 @@ class BEVGrid:
                         for a, b in zip(self.point_cloud_range, other.point_cloud_range, strict=True))
                 and all(math.isclose(a, b, abs_tol=1e-9)
                         for a, b in zip(self.voxel_size, other.voxel_size, strict=True)))
+
+
+def _numbers(d: Mapping[str, Any], name: str, n: int) -> tuple[float, ...]:
+    """Field ``name`` of ``d`` as ``n`` floats. Raises ValueError naming the field."""
+    if name not in d:
+        raise ValueError(f"{name}: missing")
+    v = d[name]
+    if (not isinstance(v, list | tuple | np.ndarray) or len(v) != n
+            or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v)):
+        raise ValueError(f"{name}: needs {n} numbers, got {v!r:.80}")
+    return tuple(float(x) for x in v)
 
 
 #: nuScenes CenterPoint grid (mmdetection3d centerpoint_voxel0075): 1440x1440x40 voxels, BEV 180x180 at stride 8.

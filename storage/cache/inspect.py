@@ -79,7 +79,8 @@ def _hints(s: CacheSchema, shards: int, ok: int, failed: int, problems: list[str
         hints.append("its creation did not finish (metadata missing, nothing committed): rerun the same "
                      "bevkd cache command to complete it")
     elif problems:
-        hints.append(f"{len(problems)} metadata file(s) broken (listed above): bevkd verify names the rows affected")
+        hints.append(f"{len(problems)} metadata file(s) broken (listed above): bevkd verify names the targets "
+                     "and rows they make unreadable")
     elif shards < s.num_shards:
         hints.append(f"{s.num_shards - shards} of {s.num_shards} shards pending: rerun the cache job to resume")
     if failed:
@@ -94,11 +95,14 @@ def open_read_only(location: stores.StoreLike, *, storage_options: dict[str, Any
 
     Raises:
         FileNotFoundError: no bevkd cache at ``location``.
-        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable or a schema field
+            is wrong (names the file and the field), or the store cannot be reached.
+        storage.errors.CacheMismatchError: its ``schema_version`` is not the one this bevkd reads
+            (:data:`storage.cache.schema.SCHEMA_VERSION`), as :class:`storage.cache.CacheReader` refuses it.
     """
     store = stores.open_store(location, read_only=True, storage_options=storage_options)
     root, attrs = layout.open_root(store)
-    return store, root, CacheSchema.from_dict(attrs)
+    return store, root, layout.read_schema(store, attrs)
 
 
 def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] | None = None,
@@ -108,7 +112,9 @@ def inspect_cache(location: stores.StoreLike, *, storage_options: dict[str, Any]
 
     Raises:
         FileNotFoundError: no bevkd cache at ``location``.
-        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
+        storage.errors.CacheMetadataError: its root ``zarr.json`` or a manifest fragment is
+            unreadable, or a schema field is wrong (names the file), or the store cannot be reached.
+        storage.errors.CacheMismatchError: another schema version (:func:`open_read_only`).
     """
     store, _, schema = open_read_only(location, storage_options=storage_options)
     problems = layout.metadata_problems(store, schema)

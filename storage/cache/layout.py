@@ -43,9 +43,9 @@ from zarr.types import AnyArray
 from storage.cache import describe, manifest, stores
 from storage.cache._zarr_private import array_codecs, chunk_key
 from storage.cache.codecs import component_codec, components
-from storage.cache.schema import CacheSchema
+from storage.cache.schema import SCHEMA_VERSION, CacheSchema
 from storage.cache.shard_index import ShardIndex, crc32c_suffix
-from storage.errors import CacheMetadataError, NotACacheError
+from storage.errors import CacheMetadataError, CacheMismatchError, NotACacheError
 
 #: Root attribute holding the cache schema.
 ATTR = "bevkd_cache"
@@ -83,23 +83,65 @@ def create_arrays(store: Store, schema: CacheSchema, *, overwrite: bool) -> zarr
 
 def open_root(store: Store, *, writable: bool = False) -> tuple[zarr.Group, dict[str, Any]]:
     """The root group of an existing cache and its schema attributes (parse with
-    ``CacheSchema.from_dict`` after checking ``schema_version``).
+    :func:`read_schema`, which also checks ``schema_version``).
+
+    The attributes of a cache of this layout version are checked here already (every caller,
+    the reader included, gets one line naming ``zarr.json`` and the field, not a traceback
+    from deep inside); those of another version are left to the caller to refuse.
 
     Raises:
         FileNotFoundError: no bevkd cache at the store's location.
-        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable, a schema field
+            is missing or wrong, or the store cannot be reached (each names the file and the cause).
     """
+    where = stores.key_location(store, "zarr.json")
     try:
         root = zarr.open_group(store=store, mode="r+" if writable else "r", zarr_format=3)
     except (FileNotFoundError, KeyError) as e:
         raise FileNotFoundError(f"no bevkd cache at {stores.describe(store)} ({e})") from None
     except (ValueError, TypeError) as e:  # json.JSONDecodeError, or metadata of the wrong shape
-        raise CacheMetadataError(f"cache {stores.describe(store)}: {stores.key_location(store, 'zarr.json')} "
+        raise CacheMetadataError(f"cache {stores.describe(store)}: {where} "
                                  f"is not valid Zarr group metadata ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:
+        if not stores.is_unreachable(e):
+            raise
+        raise CacheMetadataError(f"cache {stores.describe(store)}: cannot read {where}: store not reachable or "
+                                 f"access refused ({type(e).__name__}: {_first_line(e)})") from None
     attrs = root.attrs.get(ATTR)
     if not isinstance(attrs, Mapping):
         raise FileNotFoundError(f"{stores.describe(store)} is a Zarr group but not a bevkd cache (no '{ATTR}')")
-    return root, dict(attrs)
+    attrs = dict(attrs)
+    version = attrs.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CacheMetadataError(f"cache {stores.describe(store)}: {where} field schema_version: needs an integer, "
+                                 f"got {version!r:.80}")
+    if version == SCHEMA_VERSION:
+        read_schema(store, attrs)
+    return root, attrs
+
+
+def read_schema(store: Store, attrs: dict[str, Any], *, version: int | None = SCHEMA_VERSION) -> CacheSchema:
+    """The :class:`CacheSchema` of a cache's root attributes (from :func:`open_root`).
+
+    Args:
+        store: the cache's store (for messages).
+        attrs: its root attributes :data:`ATTR`.
+        version: refuse any other ``schema_version`` (``None`` accepts any).
+
+    Raises:
+        storage.errors.CacheMismatchError: another layout version than ``version`` (one line:
+            this bevkd reads version N).
+        storage.errors.CacheMetadataError: a field missing or wrong (names ``zarr.json`` and the field).
+    """
+    where = stores.key_location(store, "zarr.json")
+    found = attrs.get("schema_version")
+    if version is not None and found != version:
+        raise CacheMismatchError(f"cache {stores.describe(store)}: schema version {found!r:.40} in {where}, this "
+                                 f"bevkd reads version {version} only (written by another bevkd version?)")
+    try:
+        return CacheSchema.from_dict(attrs)
+    except ValueError as e:
+        raise CacheMetadataError(f"cache {stores.describe(store)}: {where} {e}") from None
 
 
 def is_cache(store: Store) -> bool:
@@ -177,8 +219,9 @@ def _first_line(exc: BaseException) -> str:
 
 def metadata_problems(store: Store, schema: CacheSchema) -> list[str]:
     """What is wrong with a cache's metadata besides its root ``zarr.json``: the sample index
-    (missing, unreadable, wrong length) and every component array's ``zarr.json`` (missing, not
-    JSON, not an array, wrong row count). Empty when the cache was completely created.
+    (missing, unreadable, wrong length), the ``zarr.json`` of every group above the arrays
+    (:func:`target_groups`: missing, not JSON, not a group) and of every component array
+    (missing, not JSON, not an array, wrong row count). Empty when the cache was completely created.
 
     :meth:`storage.cache.CacheWriter.create` writes the sample index last, so a cache whose
     creation was interrupted (disk full, kill) lacks it. Each problem names its file.
@@ -195,25 +238,45 @@ def metadata_problems(store: Store, schema: CacheSchema) -> list[str]:
         if len(tokens) * schema.views != schema.num_rows:
             problems.append(f"sample index {index} lists {len(tokens)} samples, the schema "
                             f"{schema.num_rows // max(schema.views, 1)}")
+    for group in target_groups(schema):
+        meta, problem = _node_metadata(store, group, "group")
+        if problem:
+            problems.append(problem)
     for spec in schema.targets:
         for comp, (shape, _) in components(spec).items():
-            key = f"{array_path(spec.name, comp)}/zarr.json"
-            data = stores.get_bytes(store, key)
-            where = stores.key_location(store, key)
-            if data is None:
-                problems.append(f"array metadata {where} missing")
-                continue
-            try:
-                meta = json.loads(data)
-            except ValueError as e:
-                problems.append(f"{where} is not valid JSON ({_first_line(e)})")
-                continue
-            if not isinstance(meta, dict) or meta.get("node_type") != "array":
-                problems.append(f"{where} is not Zarr array metadata (no node_type 'array')")
+            meta, problem = _node_metadata(store, array_path(spec.name, comp), "array")
+            if problem:
+                problems.append(problem)
             elif list(meta.get("shape") or []) != [schema.num_rows, *shape]:
-                problems.append(f"{where}: shape {meta.get('shape')} but the schema says "
-                                f"{[schema.num_rows, *shape]}")
+                problems.append(f"{stores.key_location(store, f'{array_path(spec.name, comp)}/zarr.json')}: shape "
+                                f"{meta.get('shape')} but the schema says {[schema.num_rows, *shape]}")
     return problems
+
+
+def target_groups(schema: CacheSchema) -> list[str]:
+    """The group paths above the component arrays: ``targets``, ``targets/<name>`` and, for
+    nested names (``bev_features/<stage>``), each level (xarray and Zarr open them)."""
+    groups = ["targets"]
+    for spec in schema.targets:
+        parts = spec.name.split("/")
+        groups += [f"targets/{'/'.join(parts[:i])}" for i in range(1, len(parts) + 1)]
+    return list(dict.fromkeys(groups))
+
+
+def _node_metadata(store: Store, path: str, node_type: str) -> tuple[dict[str, Any], str]:
+    """The parsed ``<path>/zarr.json`` of a ``node_type`` node, or what is wrong with it (naming the file)."""
+    key = f"{path}/zarr.json"
+    where = stores.key_location(store, key)
+    data = stores.get_bytes(store, key)
+    if data is None:
+        return {}, f"{node_type} metadata {where} missing"
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        return {}, f"{where} is not valid JSON ({_first_line(e)})"
+    if not isinstance(meta, dict) or meta.get("node_type") != node_type:
+        return {}, f"{where} is not Zarr {node_type} metadata (no node_type '{node_type}')"
+    return meta, ""
 
 
 def unfinished_creation(store: Store) -> str | None:

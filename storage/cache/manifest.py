@@ -51,7 +51,7 @@ from zarr.abc.store import Store
 
 from storage.arrays import Float64Array
 from storage.cache import stores
-from storage.errors import CacheCorruptError
+from storage.errors import CacheCorruptError, CacheMetadataError
 
 MANIFEST_PREFIX = "manifest/"
 #: The compacted manifest: every fragment's rows at the last compaction, in one file.
@@ -172,10 +172,33 @@ def _compacted(store: Store) -> _Compacted | None:
     return entry
 
 
+#: Columns every fragment has (the per-target ones are checked by their readers).
+REQUIRED_COLUMNS = ("sample_token", "row", "shard", "view", "status", "error")
+
+
 def read_fragment(store: Store, shard_index: int) -> pa.Table | None:
-    """The fragment of shard ``shard_index``; None when the shard is not committed."""
-    data = stores.get_bytes(store, fragment_key(shard_index))
-    return None if data is None else pq.read_table(io.BytesIO(data))
+    """The fragment of shard ``shard_index``; None when the shard is not committed.
+
+    Raises:
+        CacheMetadataError: the fragment is not readable Parquet (truncated, overwritten) or
+            lacks a column of :data:`REQUIRED_COLUMNS`; one line naming the file.
+    """
+    key = fragment_key(shard_index)
+    data = stores.get_bytes(store, key)
+    if data is None:
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as e:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CacheMetadataError(f"cache {stores.describe(store)}: manifest fragment {stores.key_location(store, key)} "
+                                 f"unreadable ({type(e).__name__}: {text}): shard {shard_index}'s rows cannot be read; "
+                                 "delete the file and rerun the bevkd cache command to rewrite the shard") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise CacheMetadataError(f"cache {stores.describe(store)}: manifest fragment {stores.key_location(store, key)} "
+                                 f"unreadable (no column {missing[0]!r})")
+    return table
 
 
 def read_manifest(store: Store, target_names: list[str], *, layout: RowLayout | None = None) -> pa.Table:

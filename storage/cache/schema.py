@@ -15,8 +15,9 @@ lives in :mod:`storage.cache.fields`, the one place a target is described; its n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -247,10 +248,58 @@ class CacheSchema:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheSchema:
-        return cls(schema_version=int(d["schema_version"]), grid=BEVGrid.from_dict(d["grid"]),
-                   teacher=TeacherInfo(**d["teacher"]), dataset=DatasetInfo(**d["dataset"]),
-                   targets=tuple(TargetSpec.from_dict(t) for t in d["targets"]), num_rows=int(d["num_rows"]),
-                   views=int(d["views"]), shard_size=int(d["shard_size"]))
+        """The schema of :meth:`to_dict`'s output (a cache's root attributes).
+
+        Raises:
+            ValueError: a field missing or not what it must be; the message starts with the
+                field's dotted name (``field grid.voxel_size: needs 3 numbers, got 'big'``).
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"field bevkd_cache: needs an object, got {d!r:.80}")
+        missing = [k for k in ("schema_version", "grid", "teacher", "dataset", "targets", "num_rows", "views",
+                               "shard_size") if k not in d]
+        if missing:
+            raise ValueError(f"field {missing[0]}: missing")
+        if not isinstance(d["targets"], list):
+            raise ValueError(f"field targets: needs a list, got {d['targets']!r:.80}")
+        return _field("bevkd_cache", lambda: cls(
+            schema_version=_field("schema_version", lambda: _int(d["schema_version"])),
+            grid=_field("grid", lambda: BEVGrid.from_dict(d["grid"])),
+            teacher=_field("teacher", lambda: TeacherInfo(**d["teacher"])),
+            dataset=_field("dataset", lambda: DatasetInfo(**d["dataset"])),
+            targets=tuple(_field(f"targets[{i}]", TargetSpec.from_dict, t) for i, t in enumerate(d["targets"])),
+            num_rows=_field("num_rows", lambda: _int(d["num_rows"])), views=_field("views", lambda: _int(d["views"])),
+            shard_size=_field("shard_size", lambda: _int(d["shard_size"]))))
+
+
+T = TypeVar("T")
+_GRID_FIELDS = tuple(f.name for f in fields(BEVGrid))
+
+
+class _FieldError(ValueError):
+    """A field of a stored schema is missing or wrong; the message starts with its dotted name."""
+
+
+def _field(name: str, parse: Callable[..., T], *args: Any) -> T:
+    """``parse(*args)``, any error of it as one :class:`_FieldError` naming field ``name`` (or the
+    grid's field that :meth:`BEVGrid.from_dict` names: ``field grid.voxel_size: ...``)."""
+    try:
+        return parse(*args)
+    except _FieldError:  # an inner field, already named
+        raise
+    except KeyError as e:  # a key of a nested object, e.g. a target's "codec"
+        raise _FieldError(f"field {name}: {e.args[0]!s:.200} missing") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        head, _, rest = str(e).partition(": ")
+        if name == "grid" and head in _GRID_FIELDS:
+            raise _FieldError(f"field grid.{head}: {rest}") from None
+        raise _FieldError(f"field {name}: {e}") from None
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"needs an integer, got {v!r:.80}")
+    return v
 
 
 def target_specs_for(example: CacheRow, *, max_boxes: int = 500, codecs: dict[str, Codec] | None = None,

@@ -29,6 +29,7 @@ from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.storage import FsspecStore, LocalStore
 
 from storage.cache._zarr_private import buffer_from_bytes, default_buffer_prototype, sync
+from storage.errors import CacheMetadataError
 
 T = TypeVar("T")
 
@@ -37,13 +38,60 @@ StoreLike = str | Path | Store
 
 def open_store(location: StoreLike, *, read_only: bool = False,
                storage_options: dict[str, Any] | None = None) -> Store:
-    """The Zarr store of a cache location (see the module docstring)."""
+    """The Zarr store of a cache location (see the module docstring).
+
+    Raises:
+        storage.errors.CacheMetadataError: a URL whose fsspec backend is not installed (says
+            what to ``pip install``) or whose protocol fsspec does not know.
+    """
     if isinstance(location, Store):
         return location.with_read_only(read_only) if read_only and not location.read_only else location
     text = str(location)
     if "://" in text and not text.startswith("file://"):
-        return FsspecStore.from_url(text, storage_options=storage_options, read_only=read_only)
+        try:
+            return FsspecStore.from_url(text, storage_options=storage_options, read_only=read_only)
+        except ImportError as e:  # fsspec knows the protocol, its package is not installed
+            raise CacheMetadataError(f"cache {text}: cannot open {_protocol(text)}:// locations: {_first_line(e)} "
+                                     f"({_install_hint(_protocol(text))})") from None
+        except ValueError as e:  # "Protocol not known"
+            raise CacheMetadataError(f"cache {text}: cannot open {_protocol(text)}:// locations "
+                                     f"({_first_line(e)})") from None
     return LocalStore(text.removeprefix("file://"), read_only=read_only)
+
+
+#: fsspec protocols whose package a bevkd extra installs (pyproject ``[project.optional-dependencies]``).
+_EXTRAS = {"s3": "s3", "s3a": "s3"}
+#: Where a connection failure's exception class comes from, besides OSError (builtin ConnectionError,
+#: TimeoutError): the object-store clients under fsspec backends.
+_CLIENT_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "google", "adlfs", "azure")
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _install_hint(protocol: str) -> str:
+    """``pip install ...`` for an fsspec protocol: the bevkd extra, else the backend's package."""
+    if protocol in _EXTRAS:
+        return f"pip install 'bevkd[{_EXTRAS[protocol]}]'"
+    from fsspec.registry import known_implementations
+
+    impl = known_implementations.get(protocol, {}).get("class", "")
+    return f"pip install {impl.split('.')[0]}" if impl else "install its fsspec backend"
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a store could not be reached or refused the credentials (an OSError,
+    or an error of an object-store client such as botocore's ``EndpointConnectionError`` /
+    ``NoCredentialsError``), rather than a bug."""
+    if isinstance(exc, OSError):
+        return True
+    return any(c.__module__.split(".")[0] in _CLIENT_MODULES for c in type(exc).__mro__)
 
 
 def describe(store: Store) -> str:

@@ -7,7 +7,9 @@ Each problem names the row, sample token, view, target and key. Shards with data
 fragment are listed too (they are invisible to readers; the cache job rewrites them).
 
 Metadata is checked first (:func:`storage.cache.layout.metadata_problems`: the sample index and
-every array's ``zarr.json``, each problem naming its file). A cache is *complete* when its
+every group's and array's ``zarr.json``, each problem naming its file). A target whose arrays
+cannot be opened counts every checked row as bad; a committed shard whose manifest fragment is
+unreadable is named and its rows are not checked. A cache is *complete* when its
 creation finished and every shard is committed; an incomplete one may still be fully sound.
 """
 
@@ -19,12 +21,14 @@ from typing import Any
 from collections.abc import Callable
 
 import numpy as np
+import pyarrow as pa
 from zarr.types import AnyArray
 
 from storage.arrays import AnyDtypeArray
 from storage.cache import layout, manifest, stores
 from storage.cache.inspect import open_read_only
 from storage.cache.schema import CacheSchema
+from storage.cache.shard_index import ShardIndexError
 from storage.cache.writer import row_checksum
 from storage.errors import CacheMetadataError
 
@@ -65,15 +69,31 @@ class VerifyReport:
     rows_failed_in_job: int = 0
     problems: list[RowProblem] = field(default_factory=list)
     uncommitted_shards: list[int] = field(default_factory=list)
-    #: broken or missing metadata files (each names the file)
+    #: broken or missing metadata files (each names the file), unreadable manifest fragments included
     metadata_problems: list[str] = field(default_factory=list)
+    #: targets whose arrays cannot be opened (name -> why): none of their rows could be read
+    unreadable_targets: dict[str, str] = field(default_factory=dict)
+    #: committed shards whose manifest fragment is unreadable (their rows are not checked)
+    unreadable_fragments: list[int] = field(default_factory=list)
     num_shards: int = 0
     shards_committed: int = 0
 
     @property
     def ok(self) -> bool:
         """Every committed ok row reads back as written and no metadata file is broken."""
-        return not self.problems and not self.metadata_problems
+        return not self.problems and not self.metadata_problems and not self.unreadable_targets
+
+    @property
+    def bad_rows(self) -> int:
+        """Committed ok rows that do not read back: those with a :class:`RowProblem`, and every
+        checked row when a target is unreadable."""
+        return self.rows_checked if self.unreadable_targets else len({p.row for p in self.problems})
+
+    @property
+    def target_problems(self) -> int:
+        """(row, target) pairs that do not read back: one per :class:`RowProblem`, plus every
+        checked row of each unreadable target."""
+        return len(self.problems) + self.rows_checked * len(self.unreadable_targets)
 
     @property
     def creation_unfinished(self) -> bool:
@@ -116,7 +136,12 @@ def _check_target(store: Any, schema: CacheSchema, name: str, comps: dict[str, A
     blocks: dict[str, AnyDtypeArray] = {}
     for comp, arr in comps.items():
         path = stores.key_location(store, layout.shard_key(arr, shard))
-        sizes = layout.shard_chunk_nbytes(store, arr, shard, schema.shard_size)
+        try:
+            sizes = layout.shard_chunk_nbytes(store, arr, shard, schema.shard_size)
+        except ShardIndexError as e:  # e.g. a zero-byte or truncated shard file: no row of it reads
+            found.update({j: ("corrupt", f"component {comp}: shard index unreadable ({e})", path)
+                          for j in ok_local if j not in found})
+            continue
         if sizes is None:
             found.update({j: ("missing", f"shard key of component {comp} does not exist", path)
                           for j in ok_local if j not in found})
@@ -128,8 +153,13 @@ def _check_target(store: Any, schema: CacheSchema, name: str, comps: dict[str, A
         for j, detail in errors.items():
             found.setdefault(j, ("corrupt", f"component {comp}: {detail}", path))
         blocks[comp] = block
-    crcs = frag[f"crc32c:{name}"]
     path = stores.key_location(store, layout.shard_key(next(iter(comps.values())), shard))
+    crcs = frag.get(f"crc32c:{name}")
+    if crcs is None:
+        frag_path = stores.key_location(store, manifest.fragment_key(shard))
+        found.update({j: ("corrupt", f"manifest fragment {frag_path} has no column crc32c:{name}", path)
+                      for j in ok_local if j not in found})
+        crcs = []
     for j in ok_local:
         if j in found or len(blocks) != len(comps):
             continue
@@ -156,7 +186,9 @@ def verify_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] 
 
     Raises:
         FileNotFoundError: no bevkd cache at ``location``.
-        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable (names the file).
+        storage.errors.CacheMetadataError: its root ``zarr.json`` is unreadable or a schema field
+            is wrong (names the file and the field), or the store cannot be reached.
+        storage.errors.CacheMismatchError: another schema version than this bevkd reads.
     """
     store, root, schema = open_read_only(location, storage_options=storage_options)
     committed = manifest.committed_shards(store)
@@ -165,24 +197,33 @@ def verify_cache(location: stores.StoreLike, *, storage_options: dict[str, Any] 
     if report.creation_unfinished:
         return report
     arrays: dict[str, dict[str, AnyArray]] = {}
-    for spec in schema.targets:  # a target whose metadata is broken is reported above, its rows not read
+    for spec in schema.targets:  # a target whose metadata is broken: reported above, its rows counted bad
         try:
             arrays.update(layout.open_arrays(root, schema, [spec.name]))
-        except CacheMetadataError:
-            continue
-    if not arrays:
-        return report
-    report.uncommitted_shards = _uncommitted(store, arrays, set(committed))
+        except CacheMetadataError as e:
+            report.unreadable_targets[spec.name] = str(e).removeprefix(f"cache {report.location}: ")
+    if arrays:
+        report.uncommitted_shards = _uncommitted(store, arrays, set(committed))
     for shard in committed:
-        table = manifest.read_fragment(store, shard)
-        if table is None:
-            continue
-        frag = table.sort_by("row").to_pydict()
-        ok_local = [j for j, s in enumerate(frag["status"]) if s == manifest.STATUS_OK]
-        report.rows_checked += len(ok_local)
-        report.rows_failed_in_job += len(frag["status"]) - len(ok_local)
-        for name, comps in arrays.items():
-            report.problems += _check_target(store, schema, name, comps, shard, frag, ok_local)
+        try:
+            table = manifest.read_fragment(store, shard)
+        except CacheMetadataError as e:  # its rows are unknown: named, not checked
+            report.unreadable_fragments.append(shard)
+            report.metadata_problems.append(str(e).removeprefix(f"cache {report.location}: "))
+            table = None
+        if table is not None:
+            _check_shard(report, store, schema, arrays, shard, table)
         if progress is not None:
             progress(1)
     return report
+
+
+def _check_shard(report: VerifyReport, store: Any, schema: CacheSchema, arrays: dict[str, dict[str, AnyArray]],
+                 shard: int, table: pa.Table) -> None:
+    """Check every ok row of one committed shard (its fragment ``table``) in every openable target."""
+    frag = table.sort_by("row").to_pydict()
+    ok_local = [j for j, s in enumerate(frag["status"]) if s == manifest.STATUS_OK]
+    report.rows_checked += len(ok_local)
+    report.rows_failed_in_job += len(frag["status"]) - len(ok_local)
+    for name, comps in arrays.items():
+        report.problems += _check_target(store, schema, name, comps, shard, frag, ok_local)
