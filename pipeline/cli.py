@@ -78,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _REQUESTED[0] = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     if not getattr(args, "command", None):
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         parser.print_help()
         return 2
+    if extras:  # the subcommand's usage, not the top level's (argparse leaves them to the top level)
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extras)}")
     module = importlib.import_module(args._module)
     from storage.errors import CacheCorruptError, CacheMismatchError, CheckpointError, SampleError, UnsafePickleError
     from storage.errors import CacheIncompleteError, CacheMetadataError, CacheWriteError
@@ -97,6 +101,48 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bevkd {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: one line, the shell's 128 + SIGINT
+        if os.environ.get("BEVKD_DEBUG"):
+            raise
+        print(f"bevkd {args.command}: interrupted; {INTERRUPTED_HINTS.get(args.command, DEFAULT_HINT)}",
+              file=sys.stderr)
+        _quiet_interrupted_tasks()
+        return EXIT_INTERRUPTED
+
+
+#: Exit code after Ctrl-C (SIGINT), as a shell reports a process killed by it.
+EXIT_INTERRUPTED = 130
+#: What to do after an interrupted subcommand (the part after "interrupted; ").
+INTERRUPTED_HINTS: dict[str, str] = {
+    "cache": "committed shards are kept: rerun the same command to resume",
+    "train": "rerun the same command with --resume to continue from the last checkpoint",
+    "synth": "the dataroot is incomplete: rerun with --overwrite to write it afresh",
+    "demo": "rerun the same command to resume",
+}
+DEFAULT_HINT = "nothing was finished; rerun the same command"
+
+
+def _quiet_interrupted_tasks() -> None:
+    """Keep the one interrupted line the only one: a store operation Ctrl-C cut off mid-await stays
+    pending on Zarr's event-loop thread, which Zarr closes at exit, and asyncio would report it
+    ("Task was destroyed but it is pending!", "coroutine ... was never awaited"). Nothing is lost
+    by it: every put is atomic and a shard counts only once its manifest fragment exists, so a
+    rerun resumes (or completes a half-created cache)."""
+    import logging
+    import warnings
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    logging.getLogger("zarr.core.sync").setLevel(logging.ERROR)  # "Thread did not finish cleanly" at exit
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``command`` (registered by :func:`build_parser`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    raise KeyError(command)
 
 
 if __name__ == "__main__":

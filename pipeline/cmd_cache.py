@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.dataset_args import add_reader_arguments, reader_from_args
+from pipeline.dataset_args import add_reader_arguments, positive_int, reader_from_args
 from storage.image_check import IMAGE_CHECKS
 
 EPILOG = """exit codes:
@@ -58,16 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "x/y flips p=0.5; the teacher runs on the moved points; default: %(default)s)")
     g.add_argument("--view-seed", type=int, default=0, help="seed of the view augmentations (default: %(default)s)")
     size = g.add_mutually_exclusive_group()
-    size.add_argument("--image-hw", type=int, nargs=2, default=(256, 704), metavar=("H", "W"),
+    size.add_argument("--image-hw", type=positive_int, nargs=2, default=(256, 704), metavar=("H", "W"),
                       help="student image height and width the camera targets (view_mask, lidar_depth) are made "
                            "for (default: 256 704)")
-    size.add_argument("--image-size", dest="image_hw", type=int, nargs=2, metavar=("W", "H"),
+    size.add_argument("--image-size", dest="image_hw", type=positive_int, nargs=2, metavar=("W", "H"),
                       action=_DeprecatedImageSize, help="deprecated: --image-hw H W")
     tsize = g.add_mutually_exclusive_group()
-    tsize.add_argument("--teacher-image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+    tsize.add_argument("--teacher-image-hw", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                        help="resize the six images to H x W and give them to the teacher (camera teachers such as "
                             "bevfusion need it; default: points only)")
-    tsize.add_argument("--teacher-image-size", dest="teacher_image_hw", type=int, nargs=2, metavar=("W", "H"),
+    tsize.add_argument("--teacher-image-size", dest="teacher_image_hw", type=positive_int, nargs=2, metavar=("W", "H"),
                        action=_DeprecatedImageSize, help="deprecated: --teacher-image-hw H W")
     g.add_argument("--depth-stride", type=int, default=16,
                    help="pixel stride of the lidar_depth maps (default: %(default)s)")
@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run the shards in a plain loop in this process instead of on Ray")
     j.add_argument("--overwrite", action="store_true",
                    help="replace an existing cache made with another teacher, weights, grid, targets or dataset "
-                        "(only a bevkd cache is ever deleted: any other non-empty --out is refused)")
+                        "(only a bevkd cache is ever deleted: any other non-empty --out, or a cache folder that "
+                        "also holds other files, is refused)")
     j.add_argument("--max-failed-fraction", type=float, default=0.05,
                    help="exit non-zero when more than this fraction of rows failed (default: %(default)s)")
     j.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -153,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_out(args.out)
         if args.overwrite:  # refuse before any work; CacheWriter.create checks again right before deleting
-            from storage.cache import layout, stores
+            from storage.cache import overwrite, stores
 
-            layout.check_replaceable(stores.open_store(args.out))
+            overwrite.check_overwritable(stores.open_store(args.out))  # not a cache, or one with others' files
         retry = 0 if args.overwrite else failed_rows_before(args.out)
         if retry:
             print(f"bevkd cache: retrying {retry} failed rows of {args.out} (committed ok rows are kept)",

@@ -11,7 +11,13 @@ DEFAULT_IMAGE_HW = (270, 480)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, metavar="DIR", help="dataroot to write (created)")
+    from pipeline.dataset_args import positive_int
+
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="dataroot to write (created; an existing non-empty folder is refused unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataroot bevkd synth wrote before (deleted first, so no old sensor file "
+                             "remains); any other non-empty --out, e.g. a real nuScenes dataroot, is refused")
     parser.add_argument("--scenes", type=int, default=10,
                         help="number of scenes; v1.0-mini has 10 names, mini_val (2) filled first "
                              "(default: %(default)s)")
@@ -19,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyframes per scene, 2 Hz (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; same seed -> identical files (default: %(default)s)")
-    parser.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+    parser.add_argument("--image-hw", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                         help="camera image height and width in pixels (default: 270 480)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+    parser.add_argument("--image-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
                         help="deprecated: --image-hw H W (note the order)")
     parser.add_argument("--tables-only", action="store_true",
                         help="write the 13 tables only, no sensor file: trainval-sized tables in minutes for "
@@ -38,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from storage.synth import SynthConfig, SynthSummary, generate_dataset
+    from storage.synth import SynthConfig, SynthSummary, generate_dataset, prepare_dataroot
 
     if args.image_size is not None and args.image_hw is not None:
         print("bevkd synth: give --image-hw H W only (--image-size W H is its deprecated alias)", file=sys.stderr)
@@ -52,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                              image_size=(width, height), sweeps_per_sample=args.sweeps_per_sample,
                              camera_sweeps_per_sample=args.camera_sweeps_per_sample,
                              version=args.version, tables_only=args.tables_only)
-    except ValueError as exc:
+        prepare_dataroot(args.out, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, NotADirectoryError) as exc:
         print(f"bevkd synth: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()

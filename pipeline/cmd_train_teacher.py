@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.dataset_args import add_reader_arguments
+    from pipeline.dataset_args import _DeprecatedAlias, add_reader_arguments, positive_int
 
     add_reader_arguments(parser)
     parser.add_argument("--teacher", default="centerpoint",
@@ -42,16 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default: %(default)s)")
     parser.add_argument("--max-minutes", type=float, default=19.0,
                         help="stop training after this many minutes of wall time, 0 = no limit (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--torch-threads", type=int, default=2,
+                        help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--threads", type=int, dest="torch_threads", action=_DeprecatedAlias, new="--torch-threads",
+                        help=argparse.SUPPRESS)  # the old name; `bevkd cache` says --torch-threads
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of data order and augmentation (default: %(default)s)")
     parser.add_argument("--synth-scenes", type=int, default=10,
                         help="scenes to generate when no dataset is given (default: %(default)s)")
     parser.add_argument("--synth-samples", type=int, default=10,
                         help="keyframes per generated scene (default: %(default)s)")
-    parser.add_argument("--image-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
+    parser.add_argument("--image-hw", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                         help="camera image height and width for camera teachers, divisible by 16 (default: 192 352)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+    parser.add_argument("--image-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
                         help="deprecated (width first): use --image-hw H W, the order of every bevkd config")
 
 
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bevkd train-teacher: unknown teacher {args.teacher!r}; choose from {', '.join(TEACHERS)}",
               file=sys.stderr)
         return 2
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(max(1, args.torch_threads))
     _ensure_data(args)
     os.makedirs(args.work_dir, exist_ok=True)
     out = Path(args.out or Path(args.work_dir) / f"{args.teacher}.pt")
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             result = train_teacher(model, train_samples, cfg, progress)
         meta.update(steps=result.steps, train_seconds=round(result.seconds, 1), stopped_early=result.stopped_early,
                     final_loss=float(sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))),
-                    train_dataset=train_reader.dataset_id, threads=args.threads)
+                    train_dataset=train_reader.dataset_id, threads=args.torch_threads)
         print(f"trained {result.steps} steps in {result.seconds / 60:.1f} min"
               f"{' (stopped at --max-minutes)' if result.stopped_early else ''}; last loss {meta['final_loss']:.3f}")
     eval_samples, eval_reader = _load_samples(args, args.split)

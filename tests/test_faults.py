@@ -147,9 +147,12 @@ def test_overwrite_recognises_a_cache_by_its_own_metadata(synth_val_reader, tiny
     check_replaceable(stores.open_store(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
     check_replaceable(stores.open_store(tmp_path / "empty"))
-    (cache / "notes.txt").write_text("inside a cache's folder: the cache's\n")
+    (cache / "notes.txt").write_text("inside a cache's folder, yet the user's\n")  # refused, kept (test_faults_cli)
+    with pytest.raises(NotACacheError, match="notes.txt"):
+        CacheWriter.create(cache, writer.schema, writer.sample_tokens, overwrite=True)
+    (cache / "notes.txt").unlink()
     again = CacheWriter.create(cache, writer.schema, writer.sample_tokens, overwrite=True)
-    assert again.committed_shards() == [] and not (cache / "notes.txt").exists()
+    assert again.committed_shards() == []
 
 
 # ---- 3. a checkpoint never names code to import ---------------------------------------------------------

@@ -29,7 +29,7 @@ import zarr
 
 from storage.arrays import AnyDtypeArray, Int64Array
 from storage.cache import layout, manifest, stores
-from storage.cache._zarr_private import sync
+from storage.cache import overwrite as overwrite_rules
 from storage.cache.codecs import components, encode
 from storage.cache.row import CacheRow
 from storage.cache.schema import CacheSchema
@@ -146,13 +146,16 @@ class CacheWriter:
             ValueError: token count mismatch or duplicate tokens.
             zarr.errors.ContainsGroupError / ContainsArrayError: a cache exists and not ``overwrite``.
             storage.errors.NotACacheError: ``overwrite`` and the location holds something other
-                than a bevkd cache (nothing is deleted).
+                than a bevkd cache, or (``overwrite`` or a half-created cache) a bevkd cache and
+                files that are not the cache's (:func:`storage.cache.overwrite.check_overwritable`;
+                nothing is deleted).
             storage.errors.CacheWriteError: the location cannot be written (disk full, permission).
 
         Creation is resumable: the sample index is written last, so a cache whose creation was
         interrupted (disk full, kill) lacks it and is recognised as half-created
         (:func:`storage.cache.layout.unfinished_creation`: a bevkd cache's root metadata and no
-        committed shard); creating over it replaces it, with or without ``overwrite``.
+        committed shard); creating over it replaces it, with or without ``overwrite``. Replacing
+        deletes only the cache's own entries (:mod:`storage.cache.overwrite`).
         """
         tokens = [str(t) for t in sample_tokens]
         if len(tokens) * schema.views != schema.num_rows or len(set(tokens)) != len(tokens):
@@ -161,11 +164,13 @@ class CacheWriter:
         store = stores.open_store(location, storage_options=storage_options)
         try:
             if overwrite:
-                layout.check_replaceable(store)  # only ever delete a bevkd cache
-                sync(store.delete_dir(""))
+                overwrite_rules.check_overwritable(store)  # only ever delete a bevkd cache and nothing else
+                overwrite_rules.delete_own_entries(store)
             elif layout.unfinished_creation(store) is not None:  # ours, nothing committed: complete it afresh
-                sync(store.delete_dir(""))
-            root = layout.create_arrays(store, schema, overwrite=overwrite)
+                overwrite_rules.check_overwritable(store)  # never with a user's files next to it
+                overwrite_rules.delete_own_entries(store)
+            # never mode "w": Zarr would empty the whole location, foreign files included
+            root = layout.create_arrays(store, schema, overwrite=False)
             layout.write_samples(store, tokens)  # last: its presence marks a completely created cache
         except OSError as e:
             if isinstance(e, (CacheWriteError, FileNotFoundError, NotADirectoryError)):
