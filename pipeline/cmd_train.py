@@ -212,6 +212,15 @@ def _check_flags(args: argparse.Namespace) -> str | None:
                              ("--checkpoint-every", args.checkpoint_every, 0)):
         if value is not None and value < low:
             return f"{flag} must be at least {low}, got {value}"
+    if args.lr is not None and not 0.0 < args.lr < float("inf"):
+        return f"--lr must be > 0 (a finite learning rate), got {args.lr}"
+    if not args.unlabelled_dataroot:  # the unlabelled cache records no dataroot: its frames are not guessed
+        for flag, value in (("--unlabelled-cache", args.unlabelled_cache),
+                            ("--unlabelled-split", args.unlabelled_split),
+                            ("--unlabelled-pseudo-labels", args.unlabelled_pseudo_labels)):
+            if value is not None:
+                return (f"{flag} needs --unlabelled-dataroot (the nuScenes dataroot of the unlabelled frames; it may "
+                        "be the --dataroot itself)")
     return None
 
 
@@ -244,9 +253,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, config: Any) -> int:
     from pipeline.dataset_args import reader_from_args
+    from student.run_checks import last_checkpoint
     from student.run_log import TENSORBOARD_INSTALL, tensorboard_available
     from student.trainer import train_student
 
+    if config.resume and not last_checkpoint(config.out_dir).exists():  # resume=True starts afresh in the API
+        started = os.path.exists(os.path.join(config.out_dir, "train_log.jsonl"))
+        _say(f"nothing to resume in {config.out_dir}: no checkpoints/last.pt ("
+             + ("the run stopped before its first checkpoint; pass --overwrite instead of --resume to start it afresh"
+                if started else "drop --resume to start the run") + ")")
+        return 2
     if config.tensorboard and not tensorboard_available():
         _say(f"--tensorboard needs the tensorboard package, not installed: {TENSORBOARD_INSTALL}")
         return 2

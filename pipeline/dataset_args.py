@@ -30,6 +30,22 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=`` of a size in pixels (``--image-hw H W`` and its aliases in every command):
+    an int of at least 1, else argparse's one-line error naming the flag (exit code 2).
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or below 1.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (pixels), got {value}")
+    return value
+
+
 def add_reader_arguments(parser: argparse.ArgumentParser, box_check: bool = False) -> None:
     """Add ``--dataroot/--version/--split/--scenes`` (nuScenes) or ``--info [--info-root]`` (mmdet3d)
     and ``--sweeps``/``--frames`` to ``parser``.
@@ -93,4 +109,4 @@ def reader_from_args(args: argparse.Namespace) -> SampleReader:
     return reader
 
 
-__all__ = ["add_reader_arguments", "reader_from_args"]
+__all__ = ["add_reader_arguments", "positive_int", "reader_from_args"]

@@ -60,6 +60,19 @@ class BEVAugConfig:
     scale_range: tuple[float, float] = (0.95, 1.05)
     flip_prob: float = 0.5
 
+    def __post_init__(self) -> None:
+        """Raises ValueError (naming the field) for a range with low > high, a scale range not
+        above 0, or ``flip_prob`` outside [0, 1]."""
+        name = type(self).__name__
+        for field_name in ("rotation_range", "scale_range"):
+            low, high = getattr(self, field_name)
+            if not low <= high:
+                raise ValueError(f"{name}.{field_name} must be (low, high) with low <= high, got ({low}, {high})")
+        if not 0.0 < self.scale_range[0] < math.inf:
+            raise ValueError(f"{name}.scale_range must be above 0, got {self.scale_range}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"{name}.flip_prob must be in [0, 1], got {self.flip_prob}")
+
     def sample(self, rng: np.random.Generator) -> Float64Array:
         """A random ``(4, 4)`` ``aug_from_lidar`` (:func:`bev_augmentation_matrix`); draws
         rotation, scale, flip x, flip y from ``rng`` in that order."""

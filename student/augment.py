@@ -181,6 +181,17 @@ class ImageAugConfig:
     crop_up: float = 0.2
     flip_prob: float = 0.5
 
+    def __post_init__(self) -> None:
+        """Raises ValueError (naming the field) unless ``-1 < resize_jitter[0] <= resize_jitter[1]``
+        (the scale stays positive), ``crop_up`` and ``flip_prob`` lie in ``[0, 1]``."""
+        low, high = self.resize_jitter
+        if not -1.0 < low <= high < math.inf:
+            raise ValueError(f"ImageAugConfig.resize_jitter must be (low, high) with -1 < low <= high, got "
+                             f"{self.resize_jitter}")
+        for name in ("crop_up", "flip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ImageAugConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+
     def sample(self, orig_wh: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator | None = None
                ) -> np.ndarray:
         """``(3, 3)`` float64 ``aug_from_orig`` for a source image of ``orig_wh`` ``(W0, H0)``

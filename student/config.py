@@ -32,6 +32,8 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.depth not in (18, 34, 50):
             raise ValueError(f"BackboneConfig.depth must be 18, 34 or 50, got {self.depth}")
+        if self.base_width < 1:
+            raise ValueError(f"BackboneConfig.base_width must be at least 1, got {self.base_width}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,8 @@ class DepthConfig:
         if not (0 < d_min < d_max and step > 0):
             raise ValueError(f"DepthConfig.depth_bins must be (d_min>0, d_max>d_min, step>0), got {self.depth_bins}")
         object.__setattr__(self, "depth_bins", (d_min, d_max, step))
+        if self.mid_channels < 1:
+            raise ValueError(f"DepthConfig.mid_channels must be at least 1, got {self.mid_channels}")
 
     @property
     def num_depth_bins(self) -> int:
@@ -96,7 +100,15 @@ class StudentConfig:
     head_channels: int = 64
 
     def __post_init__(self) -> None:
+        """Raises ValueError (naming the field) for a non-positive size or channel count, an
+        ``image_hw`` not divisible by ``feature_stride``, or an odd ``bev_shape``."""
         h, w = self.image_hw
+        if h < 1 or w < 1:
+            raise ValueError(f"StudentConfig.image_hw must be positive (height, width) pixels, got {self.image_hw}")
+        for name in ("fpn_channels", "context_channels", "bev_channels", "num_cameras", "num_classes",
+                     "head_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StudentConfig.{name} must be at least 1, got {getattr(self, name)}")
         if h % self.feature_stride or w % self.feature_stride:
             raise ValueError(f"StudentConfig.image_hw {self.image_hw} (height, width) not divisible by feature_stride "
                              f"{self.feature_stride}")

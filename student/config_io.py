@@ -16,14 +16,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml  # PyYAML (a declared dependency; no type stubs, see pyproject)
 
 T = TypeVar("T")
+
+#: A number in exponent notation without a dot (``1e-3``): YAML 1.1 reads it as a string, a float field takes it.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -50,7 +55,7 @@ def from_plain(tp: Any, value: Any, key: str = "") -> Any:
     """``value`` (plain data) converted to type ``tp``, recursively.
 
     Dataclasses take a dict whose missing keys keep their defaults; tuples take lists; ``float``
-    takes ints; ``X | None`` takes null.
+    takes ints and exponent-notation text (``1e-3``, a string to YAML 1.1); ``X | None`` takes null.
 
     Raises:
         ConfigError: an unknown key (the message lists the valid ones), a value of the wrong type,
@@ -82,6 +87,8 @@ def from_plain(tp: Any, value: Any, key: str = "") -> Any:
         return tuple(from_plain(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value):  # YAML 1.1 reads 1e-3 as text
+        return float(value)
     if tp in (int, bool, str):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
@@ -107,7 +114,16 @@ def _dataclass_from_plain(cls: type[T], value: Any, key: str) -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # the dataclass's own check names its field
-        raise ConfigError(f"{key}: {exc}" if key else str(exc)) from None
+        raise ConfigError(_dotted_message(cls.__name__, key, str(exc))) from None
+
+
+def _dotted_message(class_name: str, key: str, message: str) -> str:
+    """A dataclass's ``ClassName.field must ...`` message with the dotted key in place of the class
+    (``distill.weights.instance must be >= 0 ...``); other messages get ``key: `` in front."""
+    own = f"{class_name}."
+    if message.startswith(own) and message[len(own):len(own) + 1].isidentifier():
+        return (f"{key}." if key else "") + message[len(own):]
+    return f"{key}: {message}" if key else message
 
 
 def merge(base: Any, over: Any) -> Any:
@@ -141,15 +157,36 @@ def set_dotted(plain: dict[str, Any], assignment: str) -> dict[str, Any]:
     return typing.cast(dict[str, Any], merge(plain, over))
 
 
+def plain_differences(old: Any, new: Any, ignore: Collection[str] = (), key: str = ""
+                      ) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every leaf where two plain configs (:func:`to_plain`
+    output) differ, in field order. Keys in ``ignore`` (dotted, top level or nested) and everything
+    under them are skipped, as are keys on one side only (a field added or removed between versions)."""
+    if key in ignore:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in new if k in old
+                for d in plain_differences(old[k], new[k], ignore, f"{key}.{k}" if key else str(k))]
+    return [] if old == new else [(key or "<top level>", old, new)]
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML (``.yaml``/``.yml``) or JSON file's mapping (safe loaders: nothing in it runs).
 
     Raises:
         FileNotFoundError: no such file.
-        ConfigError: not parseable, or not a mapping at the top.
+        ConfigError: a directory, unreadable or not text, not parseable, or not a mapping at the top.
     """
     p = Path(path)
-    text = p.read_text()
+    if p.is_dir():
+        raise ConfigError(f"config {p}: is a directory; give a YAML (.yaml/.yml) or JSON (.json) file")
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"config {p}: cannot be read as text ({reason})") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -174,4 +211,5 @@ def dump_yaml(plain: Any) -> str:
     return typing.cast(str, yaml.dump(plain, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
 
 
-__all__ = ["ConfigError", "dump_yaml", "from_plain", "merge", "read_config_file", "set_dotted", "to_plain"]
+__all__ = ["ConfigError", "dump_yaml", "from_plain", "merge", "plain_differences", "read_config_file",
+           "set_dotted", "to_plain"]

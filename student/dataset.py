@@ -58,6 +58,13 @@ class DataConfig:
     depth_image_size: tuple[int, int] | None = None
     depth_stride: int = 16
 
+    def __post_init__(self) -> None:
+        """Raises ValueError for a ``depth_stride`` or ``depth_image_size`` that is not positive."""
+        if self.depth_stride < 1:
+            raise ValueError(f"DataConfig.depth_stride must be at least 1, got {self.depth_stride}")
+        if self.depth_image_size is not None and min(self.depth_image_size) < 1:
+            raise ValueError(f"DataConfig.depth_image_size must be positive (w, h) pixels, got {self.depth_image_size}")
+
 
 def open_cache(location: str | os.PathLike[str], reader: SampleReader, *, expect_grid: BEVGrid | None = None,
                required_targets: Sequence[str] = ()) -> CacheReader:

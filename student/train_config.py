@@ -96,7 +96,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Raises ValueError for a run that cannot take a step (steps, epochs, batch size, stop_after < 1),
-        negative ``workers``, ``eval_every`` or ``checkpoint_every``, or both ``resume`` and ``overwrite``."""
+        negative ``workers``, ``eval_every`` or ``checkpoint_every``, ``lr`` not > 0, negative
+        ``weight_decay`` or ``grad_clip``, ``eval_score_threshold`` outside [0, 1], or both ``resume``
+        and ``overwrite``."""
         for name in ("steps", "epochs", "batch_size", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -104,6 +106,13 @@ class TrainConfig:
         for name in ("workers", "eval_every", "checkpoint_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.lr < math.inf:
+            raise ValueError(f"TrainConfig.lr must be > 0 (a finite learning rate), got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.eval_score_threshold <= 1.0:
+            raise ValueError(f"TrainConfig.eval_score_threshold must be in [0, 1], got {self.eval_score_threshold}")
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume continues the run in out_dir, overwrite replaces it; give one")
 

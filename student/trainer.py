@@ -39,6 +39,7 @@ from student.losses.combined import LossBreakdown
 from student.model import StudentModel, StudentOutput
 from student.model.resnet import load_backbone_weights
 from student.packed_targets import live_teacher_targets, packed_to_teacher_targets
+from student.run_checks import RESUME_MAY_CHANGE, check_out_dir_apart, check_same_run, last_checkpoint
 from student.run_files import claim_out_dir, load_student, params_sha256, read_state, save_state
 from student.run_log import RunLog
 from student.train_config import (TrainConfig, TrainResult, choose_targets, default_distillation,
@@ -137,8 +138,12 @@ def train_student(config: TrainConfig, reader: SampleReader, cache_path: str | o
             the expected ones, or it lacks a target the enabled losses need (the message says which).
         ValueError: losses need targets nothing provides.
         FileExistsError: ``config.out_dir`` already holds a run and neither ``resume`` nor ``overwrite``.
-        storage.errors.CheckpointError: the checkpoint to resume is unreadable or asks to run code.
+        storage.errors.CheckpointError: the checkpoint to resume is unreadable or asks to run code, or
+            was written with another config (fields outside :data:`RESUME_MAY_CHANGE`; names them).
+        ValueError: ``config.out_dir`` overlaps ``cache_path`` or ``unlabelled_cache``
+            (:func:`check_out_dir_apart`).
     """
+    check_out_dir_apart(config.out_dir, {"cache": cache_path, "unlabelled cache": unlabelled_cache})
     d = _init_distributed(config.device)
     device = _device(config.device, d.local_rank)
     try:
@@ -159,7 +164,7 @@ class _Run:
                  unlabelled: tuple[SampleReader, Any] | None = None) -> None:
         self.config, self.d, self.device = config, d, device
         self.out_dir = Path(config.out_dir)
-        self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
+        self.ckpt_path = last_checkpoint(self.out_dir)
         claim_out_dir(self.out_dir, self.ckpt_path, config, d.rank)
         self.online = teacher if (cache_path is None and teacher is not None and not config.no_distill) else None
         if self.online is not None:
@@ -219,6 +224,7 @@ class _Run:
 
     def _load(self) -> None:
         state = read_state(self.ckpt_path, self.device, ("model", "optimizer", "scaler", "position"))
+        check_same_run(self.ckpt_path, state, self.config, self.distill)
         self.wrapper.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -365,5 +371,5 @@ def _unlabelled_dataset(config: TrainConfig, data: Any, unlabelled: tuple[Sample
                           online_grid=online_grid, cache_targets=need or None)
 
 
-__all__ = ["StudentWithLoss", "TrainConfig", "TrainResult", "default_distillation", "load_student", "params_sha256",
-           "required_targets", "train_student"]
+__all__ = ["RESUME_MAY_CHANGE", "StudentWithLoss", "TrainConfig", "TrainResult", "default_distillation",
+           "last_checkpoint", "load_student", "params_sha256", "required_targets", "train_student"]

@@ -5,6 +5,7 @@ A weight of 0 switches a term off (its inputs are then not required).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -38,6 +39,13 @@ class LossWeights:
     fusion_lidar: float = 0.0
     fusion_fused: float = 0.0
     adversarial: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Raises ValueError naming the first weight that is negative or not finite."""
+        for f in fields(self):
+            if not 0.0 <= getattr(self, f.name) < math.inf:
+                raise ValueError(f"LossWeights.{f.name} must be >= 0 (a loss weight; 0 switches the term off), "
+                                 f"got {getattr(self, f.name)}")
 
     def active(self) -> tuple[str, ...]:
         """Names of the terms with a non-zero weight."""
@@ -95,8 +103,19 @@ class DistillationConfig:
         return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 0:
-            raise ValueError(f"DistillationConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        """Raises ValueError naming the field: negative ``warmup_steps`` or ``soft_mask_min_radius``,
+        a score or overlap outside [0, 1], a non-positive temperature or width, unknown box source."""
+        for name in ("warmup_steps", "soft_mask_min_radius"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillationConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("soft_mask_min_overlap", "pseudo_label_min_score", "instance_min_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DistillationConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.instance_temperature < math.inf:
+            raise ValueError(f"DistillationConfig.instance_temperature must be > 0, got {self.instance_temperature}")
+        for name in ("instance_embed_dim", "discriminator_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DistillationConfig.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("soft_mask_boxes", "detection_boxes"):
             if getattr(self, name) not in ("gt", "teacher"):
                 raise ValueError(f"DistillationConfig.{name} must be 'gt' or 'teacher', got {getattr(self, name)!r}")
