@@ -192,8 +192,19 @@ def test_garbage_array_metadata_counts_every_row_in_the_summary(cache, capsys):
 
 # ---- 20. unreachable store, fsspec backend not installed --------------------------------------------------
 
-def test_unreachable_s3_endpoint_is_one_line(monkeypatch, capsys):
-    pytest.importorskip("s3fs", reason="needs s3fs: pip install 'bevkd[s3]'")
+@pytest.fixture
+def fresh_s3fs():
+    """s3fs caches one client per set of arguments and reads the endpoint from the environment
+    when it makes one: drop the cache around a test that points the environment elsewhere, so
+    neither a client of another test (tests/test_s3.py's moto server) is reused here nor this
+    test's dead endpoint there."""
+    s3fs = pytest.importorskip("s3fs", reason="needs s3fs: pip install 'bevkd[s3]'")
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_unreachable_s3_endpoint_is_one_line(fresh_s3fs, monkeypatch, capsys):
     # nothing listens on port 9 (discard); one attempt, so the test takes about a second
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
