@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_checks import edit_table, linked_copy
 from pipeline.cli import main
 from storage.box_convention import check_box_convention
 from storage.boxes import boxes_from_mmdet3d_v1, boxes_to_mmdet3d_v0
@@ -48,18 +48,7 @@ def _bottom_boxes(b: np.ndarray) -> list[float]:
 
 @pytest.fixture
 def broken(synth_dataroot, tmp_path) -> Path:
-    root = tmp_path / "broken"
-    shutil.copytree(synth_dataroot, root, copy_function=os.link)
-    return root
-
-
-def _edit_table(root: Path, table: str, edit) -> Path:
-    path = root / "v1.0-mini" / f"{table}.json"
-    rows = json.loads(path.read_text())
-    edit(rows)
-    path.unlink()  # hard-linked: replace, never edit in place
-    path.write_text(json.dumps(rows))
-    return path
+    return linked_copy(synth_dataroot, tmp_path / "broken")
 
 
 def _one_line(err: str) -> str:
@@ -140,7 +129,7 @@ def test_info_reports_the_box_check(keyframe_info, tmp_path, capsys):
 
 # ---- B. custom nuScenes-format datasets -----------------------------------------------------------------
 def test_split_all_and_scene_list_on_custom_scene_names(broken, tmp_path, capsys):
-    _edit_table(broken, "scene", lambda rows: [r.update(name=f"my-log-{i}") for i, r in enumerate(rows)])
+    edit_table(broken, "scene", lambda rows: [r.update(name=f"my-log-{i}") for i, r in enumerate(rows)])
     with pytest.raises(ValueError, match="no scene of split 'mini_val'.*--split all"):
         NuScenesReader(broken, split="mini_val")
     every = NuScenesReader(broken, split="all")
@@ -170,7 +159,7 @@ def test_sample_data_row_missing_a_field_fails_only_its_sample(broken, field, ca
                         and r["is_key_frame"]))
         del next(r for r in rows if r["token"] == row["token"])[field]
 
-    path = _edit_table(broken, "sample_data", drop)
+    path = edit_table(broken, "sample_data", drop)
     reader = NuScenesReader(broken, split="mini_val")
     with pytest.raises(SampleError, match=f"sample_data.{field} missing in record {row['token']}") as exc:
         reader.read(token)
@@ -183,7 +172,7 @@ def test_sample_data_row_missing_a_field_fails_only_its_sample(broken, field, ca
 
 
 def test_malformed_rows_the_devkit_chokes_on_give_one_line(broken, capsys):
-    sd_path = _edit_table(broken, "sample_data", lambda rows: rows[0].pop("calibrated_sensor_token"))
+    sd_path = edit_table(broken, "sample_data", lambda rows: rows[0].pop("calibrated_sensor_token"))
     rows = json.loads(sd_path.read_text())
     with pytest.raises(SampleError, match="sample_data.calibrated_sensor_token missing in record") as exc:
         NuScenesReader(broken, split="mini_val")  # the devkit indexes it at load: KeyError before
@@ -193,7 +182,7 @@ def test_malformed_rows_the_devkit_chokes_on_give_one_line(broken, capsys):
 
 
 def test_scene_row_missing_a_field_names_table_row_and_field(broken, capsys):
-    path = _edit_table(broken, "scene", lambda rows: rows[1].pop("first_sample_token"))
+    path = edit_table(broken, "scene", lambda rows: rows[1].pop("first_sample_token"))
     row = json.loads(path.read_text())[1]["token"]
     with pytest.raises(DatasetTableError) as exc:
         NuScenesReader(broken, split="all")
@@ -249,7 +238,7 @@ def test_dangling_sample_data_token_names_table_row_and_field(broken, capsys):
         rec["ego_pose_token"] = "e" * 32
         row.update(rec)
 
-    _edit_table(broken, "sample_data", dangle)
+    edit_table(broken, "sample_data", dangle)
     assert main(["info", "--dataroot", str(broken), "--box-check-samples", "0"]) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if "unreadable" in ln]
     assert len(err) == 1 and token in err[0] and f"(record {row['token']})" in err[0]

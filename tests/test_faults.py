@@ -8,7 +8,6 @@ refusal must be one line on stderr with exit code 2 and leave every file as it w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 import torch
 import zarr
 
+from cli_checks import file_hashes, one_line
 from pipeline.cli import main
 from storage.cache import CacheWriter, stores
 from storage.cache.layout import check_replaceable, is_cache
@@ -32,18 +32,6 @@ MARKER_ENV = "BEVKD_TEST_FAULTS_MARKER"
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_thread):
     yield
-
-
-def _files(root: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file under ``root`` (what "untouched" compares)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _one_line(err: str, command: str) -> str:
-    assert err.startswith(f"bevkd {command}: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 def _train_args(dataroot: Path, out: Path, *extra: str) -> list[str]:
@@ -83,13 +71,13 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(synth_dataroot, trained
     run, marker = tmp_path / "run", tmp_path / "marker"
     shutil.copytree(trained_run, run)
     _crafted_checkpoint(trained_run, run / "checkpoints" / "last.pt", marker)
-    before = _files(run)
+    before = file_hashes(run)
     capsys.readouterr()
     rc = main(_train_args(synth_dataroot, run, "--steps", "3", "--resume"))
-    err = _one_line(capsys.readouterr().err, "train")
+    err = one_line(capsys.readouterr().err, "train")
     assert rc == 2 and "last.pt" in err and "mkdir" in err and "weights_only=True" in err
     assert not marker.exists()  # nothing from the file ran
-    assert _files(run) == before
+    assert file_hashes(run) == before
 
 
 def test_load_student_refuses_code_and_loads_a_real_checkpoint(trained_run, tmp_path):
@@ -119,12 +107,12 @@ def _user_folder(root: Path) -> Path:
 
 def test_cache_overwrite_refuses_a_folder_of_user_files(synth_dataroot, tmp_path, capsys):
     folder = _user_folder(tmp_path / "mine")
-    before = _files(folder)
+    before = file_hashes(folder)
     rc = main(["cache", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--no-ray", "--teacher",
                "centerpoint", "--out", str(folder), "--overwrite", "--no-progress"])
-    err = _one_line(capsys.readouterr().err, "cache")
+    err = one_line(capsys.readouterr().err, "cache")
     assert rc == 2 and str(folder) in err and "not a bevkd cache" in err and "nothing was deleted" in err
-    assert _files(folder) == before and len(before) == 3
+    assert file_hashes(folder) == before and len(before) == 3
 
 
 def test_overwrite_recognises_a_cache_by_its_own_metadata(synth_val_reader, tiny_teacher, tmp_path):
@@ -138,11 +126,11 @@ def test_overwrite_recognises_a_cache_by_its_own_metadata(synth_val_reader, tiny
     theirs = tmp_path / "theirs.zarr"
     zarr.open_group(str(theirs), mode="w", zarr_format=3).attrs["owner"] = "someone else"
     for folder in (_user_folder(tmp_path / "mine"), theirs):
-        before = _files(folder)
+        before = file_hashes(folder)
         assert not is_cache(stores.open_store(folder))
         with pytest.raises(NotACacheError, match=folder.name):
             CacheWriter.create(folder, writer.schema, writer.sample_tokens, overwrite=True)
-        assert _files(folder) == before
+        assert file_hashes(folder) == before
     # a real bevkd cache, an empty folder and an absent one may be replaced
     check_replaceable(stores.open_store(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
@@ -173,7 +161,7 @@ def test_a_checkpoint_may_name_only_a_registered_teacher(synth_dataroot, tmp_pat
     assert torch.load(ckpt, weights_only=True)["teacher"] == stored_name
     rc = main(["cache", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--no-ray", "--checkpoint",
                str(ckpt), "--out", str(tmp_path / "cache"), "--no-progress"])
-    err = _one_line(capsys.readouterr().err, "cache")  # and this process is still alive
+    err = one_line(capsys.readouterr().err, "cache")  # and this process is still alive
     assert rc == 2 and stored_name in err and "not registered" in err and str(ckpt) in err
     assert not marker.exists() and not (tmp_path / "cache").exists()
     with pytest.raises(CheckpointError, match="not registered"):
@@ -195,23 +183,23 @@ def test_a_factory_named_by_the_user_still_loads_with_its_checkpoint(tmp_path, m
 
 @pytest.mark.parametrize("bad", [["--steps", "0"], ["--steps", "-1"], ["--batch-size", "0"], ["--epochs", "0"]])
 def test_train_refuses_a_run_that_takes_no_step(synth_dataroot, trained_run, capsys, bad):
-    before = _files(trained_run)
+    before = file_hashes(trained_run)
     capsys.readouterr()
     rc = main([*_train_args(synth_dataroot, trained_run, "--steps", "2"), *bad])
-    err = _one_line(capsys.readouterr().err, "train")
+    err = one_line(capsys.readouterr().err, "train")
     assert rc == 2 and f"{bad[0]} must be at least 1, got {bad[1]}" in err
-    assert _files(trained_run) == before
+    assert file_hashes(trained_run) == before
 
 
 def test_train_never_replaces_a_run_without_resume_or_overwrite(synth_dataroot, trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    before = _files(run)
+    before = file_hashes(run)
     capsys.readouterr()
     rc = main(_train_args(synth_dataroot, run, "--steps", "1"))
-    err = _one_line(capsys.readouterr().err, "train")
+    err = one_line(capsys.readouterr().err, "train")
     assert rc == 2 and "already holds a run" in err and "--resume" in err and "--overwrite" in err
-    assert _files(run) == before
+    assert file_hashes(run) == before
     # --overwrite replaces it: a fresh 1-step run, its own checkpoint and log
     assert main(_train_args(synth_dataroot, run, "--steps", "1", "--overwrite")) == 0
     assert [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()] == [1]

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line
 from test_cache_job_support import assert_same_caches, copy_dataset, make_dataset, manifest_rows
 
 from pipeline.cache_job import CacheJobConfig
@@ -51,12 +52,6 @@ def dataroot(tmp_path_factory) -> Path:
 def _cache_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["cache", "--dataroot", str(root), "--teacher", TINY, "--out", str(out), "--shard-size", "3",
             "--batch-size", "2", "--image-hw", "180", "320", "--depth-stride", "8", "--no-progress", *extra]
-
-
-def _one_line(err: str, command: str) -> str:
-    assert err.startswith(f"bevkd {command}: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 def broken_teacher():
@@ -117,7 +112,7 @@ def test_a_half_created_cache_is_completed_by_rerun(dataroot, tmp_path, capsys, 
     capsys.readouterr()
     assert main(["verify", str(out), "--no-progress"]) == 3
     captured = capsys.readouterr()
-    assert named in captured.out and "creation did not finish" in _one_line(captured.err, "verify")
+    assert named in captured.out and "creation did not finish" in one_line(captured.err, "verify")
     assert main(["inspect", str(out)]) == 1
     captured = capsys.readouterr()
     assert named in captured.err and "rerun the same bevkd cache command to complete it" in captured.out
@@ -134,7 +129,7 @@ def test_out_that_is_a_file_or_under_a_file_is_refused_in_one_line(dataroot, tmp
     afile.write_text("mine\n")
     for out in (afile, afile / "cache"):
         assert main(_cache_args(dataroot, out, "--no-ray")) == 2
-        err = _one_line(capsys.readouterr().err, "cache")
+        err = one_line(capsys.readouterr().err, "cache")
         assert str(afile) in err and "is a file" in err
     assert afile.read_text() == "mine\n"
 
@@ -147,7 +142,7 @@ def test_corrupt_root_zarr_json_is_named(dataroot, tmp_path, capsys):
     capsys.readouterr()
     for cmd in (_cache_args(dataroot, out, "--no-ray"), ["verify", str(out), "--no-progress"], ["inspect", str(out)]):
         assert main(cmd) == 2
-        err = _one_line(capsys.readouterr().err, cmd[0])
+        err = one_line(capsys.readouterr().err, cmd[0])
         assert str(root_meta) in err, err
     assert len(manifest_rows(out)) == 8  # nothing committed was touched
 
@@ -164,7 +159,7 @@ def test_broken_array_metadata_is_noticed_and_named(dataroot, tmp_path, capsys):
     assert main(["verify", str(out), "--no-progress"]) == 1
     assert f"CORRUPT: {meta} is not valid JSON" in capsys.readouterr().out
     assert main(_cache_args(dataroot, out, "--no-ray")) == 2
-    err = _one_line(capsys.readouterr().err, "cache")
+    err = one_line(capsys.readouterr().err, "cache")
     assert str(meta) in err and "not valid Zarr array metadata" in err
 
 
@@ -182,7 +177,7 @@ def test_a_write_failure_mid_job_is_one_line_and_loses_nothing(dataroot, tmp_pat
     blocker.write_text("not a folder\n")
     capsys.readouterr()
     assert main(_cache_args(dataroot, out, "--no-ray")) == 2
-    err = _one_line(capsys.readouterr().err, "cache")
+    err = one_line(capsys.readouterr().err, "cache")
     assert f"cache {out}: cannot write shard 1" in err and "nothing committed is lost" in err
     assert manifest_rows(out) == committed  # shard 0 is still committed, shard 1 is not
     assert main(["verify", str(out), "--no-progress"]) == 3  # sound, incomplete
@@ -221,11 +216,11 @@ def test_disk_full_and_read_only_out_on_real_file_systems(dataroot, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     full_err = (tmp_path / "full.err").read_text()
     assert (tmp_path / "full.rc").read_text().strip() == "2", full_err
-    line = _one_line(full_err, "cache")
+    line = one_line(full_err, "cache")
     assert f"cache {mnt / 'cache'}: cannot write" in line and "No space left on device" in line
     ro_err = (tmp_path / "ro.err").read_text()
     assert (tmp_path / "ro.rc").read_text().strip() == "2"
-    assert str(ro) in _one_line(ro_err, "cache") and "not writable" in ro_err
+    assert str(ro) in one_line(ro_err, "cache") and "not writable" in ro_err
     # what was committed on the full disk is sound; on a disk with room the same command resumes it
     committed = manifest_rows(keep)
     assert 1 <= len(committed) < 8, full_err
@@ -277,7 +272,7 @@ def test_verify_says_incomplete_with_exit_3(dataroot, tmp_path, capsys):
     (out / manifest.fragment_key(2)).unlink()
     capsys.readouterr()
     assert main(["verify", str(out), "--no-progress"]) == 3
-    err = _one_line(capsys.readouterr().err, "verify")
+    err = one_line(capsys.readouterr().err, "verify")
     assert "incomplete: 1 of 3 shards not committed" in err and str(out) in err
 
 
@@ -311,7 +306,7 @@ def test_ray_checks_teacher_and_checkpoint_before_actors(ray_session, dataroot, 
         args[args.index("--teacher"):args.index("--teacher") + 2] = []
         t0 = time.monotonic()
         assert main(args + extra) == 2
-        err = _one_line(capsys.readouterr().err, "cache")
+        err = one_line(capsys.readouterr().err, "cache")
         assert expected in err and "ActorDiedError" not in err and "RayTaskError" not in err, err
         if extra[1] != "test_faults_cache:broken_teacher":  # refused in the driver: no actor, no cache
             assert time.monotonic() - t0 < 5 and not (tmp_path / "cache").exists()
@@ -335,7 +330,7 @@ def test_ray_bad_sample_fails_its_row_and_write_failure_is_one_line(ray_session,
     shutil.rmtree(blocker)
     blocker.write_text("not a folder\n")
     assert main(_cache_args(root, out, "--workers", "1")) == 2
-    err = _one_line(capsys.readouterr().err, "cache")
+    err = one_line(capsys.readouterr().err, "cache")
     assert err.startswith(f"bevkd cache: cache {out}: cannot write shard 1") and "RayTaskError" not in err
     assert len(manifest_rows(out)) == 5  # shards 0 and 2 stay committed
 

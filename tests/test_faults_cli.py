@@ -9,7 +9,6 @@ real CLI in-process, and a real ``bevkd cache`` subprocess interrupted with a re
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import zarr
 
+from cli_checks import file_hashes, one_line
 from pipeline.cli import EXIT_INTERRUPTED, main
 from storage.cache import CacheWriter, stores
 from storage.cache.overwrite import foreign_entries, is_own_entry
@@ -33,18 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_thread):
     yield
-
-
-def _files(root: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file under ``root`` (what "untouched" compares)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _one_line(err: str, command: str) -> str:
-    assert err.startswith(f"bevkd {command}: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 # ---- 1. bevkd synth never replaces a folder by accident ------------------------------------------------
@@ -61,16 +49,16 @@ def _synth(out: Path, *extra: str) -> list[str]:
 
 
 def test_synth_refuses_a_non_empty_out_and_a_file(old_dataset, tmp_path, capsys):
-    before = _files(old_dataset)
+    before = file_hashes(old_dataset)
     assert main(_synth(old_dataset)) == 2
-    err = _one_line(capsys.readouterr().err, "synth")
+    err = one_line(capsys.readouterr().err, "synth")
     assert str(old_dataset) in err and "not empty" in err and "--overwrite" in err
-    assert _files(old_dataset) == before
+    assert file_hashes(old_dataset) == before
     a_file = tmp_path / "afile"
     a_file.write_text("mine\n")
     for out in (a_file, a_file / "sub"):
         assert main(_synth(out)) == 2
-        err = _one_line(capsys.readouterr().err, "synth")
+        err = one_line(capsys.readouterr().err, "synth")
         assert "afile is a file" in err
     assert a_file.read_text() == "mine\n"
     (tmp_path / "empty").mkdir()  # an empty folder is fine without --overwrite
@@ -97,11 +85,11 @@ def test_synth_overwrite_refuses_other_folders_and_foreign_files(old_dataset, tm
     # a generated dataroot the user added a file to
     (old_dataset / "NOTES.txt").write_text("my notes\n")
     for folder, says in ((real, "not a dataroot bevkd synth wrote"), (old_dataset, "'NOTES.txt'")):
-        before = _files(folder)
+        before = file_hashes(folder)
         assert main(_synth(folder, "--overwrite")) == 2
-        err = _one_line(capsys.readouterr().err, "synth")
+        err = one_line(capsys.readouterr().err, "synth")
         assert says in err and "nothing was deleted" in err, err
-        assert _files(folder) == before
+        assert file_hashes(folder) == before
 
 
 def test_synth_overwrite_replaces_an_interrupted_dataroot(old_dataset, capsys):
@@ -127,13 +115,13 @@ def _with_foreign_files(cache: Path, dest: Path) -> Path:
 def test_cache_overwrite_refuses_a_cache_holding_foreign_files(student_cache, synth_dataroot, tmp_path, capsys):
     cache = _with_foreign_files(student_cache, tmp_path / "cache")
     assert foreign_entries(stores.open_store(cache)) == ["NOTES.txt", "checkpoints", "train_log.jsonl"]
-    before = _files(cache)
+    before = file_hashes(cache)
     rc = main(["cache", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--no-ray", "--teacher",
                "centerpoint", "--out", str(cache), "--overwrite", "--no-progress"])
-    err = _one_line(capsys.readouterr().err, "cache")
+    err = one_line(capsys.readouterr().err, "cache")
     assert rc == 2 and str(cache) in err and "nothing was deleted" in err
     assert "'NOTES.txt', 'checkpoints', 'train_log.jsonl'" in err
-    assert _files(cache) == before
+    assert file_hashes(cache) == before
     # the writer itself (every path that deletes) refuses too, and so does completing a half-created cache
     writer = CacheWriter.open(cache)
     with pytest.raises(NotACacheError, match="NOTES.txt"):
@@ -142,21 +130,21 @@ def test_cache_overwrite_refuses_a_cache_holding_foreign_files(student_cache, sy
     shutil.rmtree(half / "manifest")
     (half / "manifest.parquet").unlink(missing_ok=True)
     (half / "index" / "samples.parquet").unlink()  # created, interrupted before the sample index
-    before = _files(half)
+    before = file_hashes(half)
     with pytest.raises(NotACacheError, match="checkpoints"):
         CacheWriter.create(half, writer.schema, writer.sample_tokens)
-    assert _files(half) == before
+    assert file_hashes(half) == before
 
 
 def test_cache_overwrite_still_refuses_a_non_cache_and_replaces_a_pure_cache(student_cache, synth_dataroot,
                                                                            tmp_path, capsys):
     theirs = tmp_path / "theirs.zarr"
     zarr.open_group(str(theirs), mode="w", zarr_format=3).attrs["owner"] = "someone else"
-    before = _files(theirs)
+    before = file_hashes(theirs)
     rc = main(["cache", "--dataroot", str(synth_dataroot), "--split", "mini_val", "--no-ray", "--teacher",
                "centerpoint", "--out", str(theirs), "--overwrite", "--no-progress"])
-    err = _one_line(capsys.readouterr().err, "cache")
-    assert rc == 2 and "not a bevkd cache" in err and _files(theirs) == before
+    err = one_line(capsys.readouterr().err, "cache")
+    assert rc == 2 and "not a bevkd cache" in err and file_hashes(theirs) == before
     cache = tmp_path / "pure"
     shutil.copytree(student_cache, cache)
     (cache / "zarr.0123456789abcdef0123456789abcdef.partial").write_bytes(b"{")  # a killed atomic write's leftover
@@ -190,7 +178,7 @@ def test_ctrl_c_of_bevkd_cache_is_one_line_and_a_rerun_resumes(synth_dataroot, t
             proc.kill()
             proc.wait()
     assert proc.returncode == EXIT_INTERRUPTED, err
-    assert "interrupted" in _one_line(err, "cache") and "rerun the same command" in err
+    assert "interrupted" in one_line(err, "cache") and "rerun the same command" in err
     capsys.readouterr()
     assert main(args) == 0  # resumes (or completes the creation) to a whole cache
     assert "6 rows ok, 0 failed" in capsys.readouterr().out

@@ -9,15 +9,13 @@ place) and of the shared keyframe's info pickle (its files stay where they are).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_checks import edit_table, linked_copy
 from pipeline.cli import main
 from storage.errors import SampleError
 from storage.mmdet3d_reader import Mmdet3dInfoReader
@@ -33,18 +31,7 @@ def _one_thread(one_thread):
 
 @pytest.fixture
 def dataroot(synth_dataroot, tmp_path) -> Path:
-    root = tmp_path / "nuscenes"
-    shutil.copytree(synth_dataroot, root, copy_function=os.link)
-    return root
-
-
-def _edit_table(root: Path, table: str, edit) -> Path:
-    path = root / "v1.0-mini" / f"{table}.json"
-    rows = json.loads(path.read_text())
-    edit(rows)
-    path.unlink()  # hard-linked: replace, never edit in place
-    path.write_text(json.dumps(rows))
-    return path
+    return linked_copy(synth_dataroot, tmp_path / "nuscenes")
 
 
 def _unreadable(err: str) -> list[str]:
@@ -73,7 +60,7 @@ def test_malformed_numeric_field_fails_its_sample_naming_table_record_and_field(
     row = {"ego_pose": _lidar_sd(reader, token)["ego_pose_token"],
            "calibrated_sensor": reader.nusc.get("sample_data", sample["data"]["CAM_FRONT"])["calibrated_sensor_token"],
            "sample_annotation": sample["anns"][0]}[table]
-    path = _edit_table(dataroot, table, lambda rows: next(r for r in rows if r["token"] == row).update({field: value}))
+    path = edit_table(dataroot, table, lambda rows: next(r for r in rows if r["token"] == row).update({field: value}))
     with pytest.raises(SampleError) as exc:
         NuScenesReader(dataroot, split="mini_val").read(token)
     assert exc.value.sample_token == token and exc.value.field == f"{table}.{field}" and exc.value.path == str(path)
@@ -97,7 +84,7 @@ def test_annotation_without_translation_is_one_line_and_neighbours_still_read(da
     token = reader.sample_tokens[1]  # a middle keyframe: its annotations have prev and next rows
     ann = next(reader.nusc.get("sample_annotation", a) for a in reader.nusc.get("sample", token)["anns"]
                if reader.nusc.get("sample_annotation", a)["prev"] and reader.nusc.get("sample_annotation", a)["next"])
-    path = _edit_table(dataroot, "sample_annotation",
+    path = edit_table(dataroot, "sample_annotation",
                        lambda rows: next(r for r in rows if r["token"] == ann["token"]).pop("translation"))
     broken = NuScenesReader(dataroot, split="mini_val")
     with pytest.raises(SampleError, match=f"sample_annotation.translation missing in record {ann['token']}"):
@@ -122,7 +109,7 @@ def test_velocity_is_the_devkits_and_a_dangling_prev_names_its_record(dataroot):
     assert checked > 20
     token = reader.sample_tokens[1]
     row = reader.nusc.get("sample", token)["anns"][0]
-    _edit_table(dataroot, "sample_annotation",
+    edit_table(dataroot, "sample_annotation",
                 lambda rows: next(r for r in rows if r["token"] == row).update({"prev": "f" * 32}))
     with pytest.raises(SampleError, match=f"sample_annotation.prev references missing sample_annotation token "
                                           f"{'f' * 32} \\(record {row}\\)"):

@@ -11,17 +11,13 @@ import shutil
 import pytest
 import yaml
 
+from cli_checks import one_line
 from pipeline.cli import main
 from student.config_io import ConfigError
 from student.losses import LossWeights
 from student.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
-
-
-def _one_line(err: str) -> str:
-    assert err.startswith("bevkd train: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def _print_config(capsys, *argv: str) -> tuple[int, str, str]:
@@ -32,7 +28,7 @@ def _print_config(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_config_path_that_is_a_directory_is_one_line(tmp_path, capsys):
     rc, out, err = _print_config(capsys, "--config", str(tmp_path))
-    assert rc == 2 and out == "" and f"config {tmp_path}: is a directory" in _one_line(err)
+    assert rc == 2 and out == "" and f"config {tmp_path}: is a directory" in one_line(err, "train")
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -55,14 +51,14 @@ def test_config_path_that_is_a_directory_is_one_line(tmp_path, capsys):
 ])
 def test_out_of_range_config_value_names_its_dotted_key(argv, needle, capsys):
     rc, out, err = _print_config(capsys, *argv)
-    assert rc == 2 and out == "" and needle in _one_line(err)
+    assert rc == 2 and out == "" and needle in one_line(err, "train")
 
 
 def test_config_ranges_hold_for_files_and_python_too(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text("data:\n  image_aug:\n    flip_prob: 1.5\n")
     rc, _, err = _print_config(capsys, "--config", str(path))
-    assert rc == 2 and "data.image_aug.flip_prob must be in [0, 1]" in _one_line(err)
+    assert rc == 2 and "data.image_aug.flip_prob must be in [0, 1]" in one_line(err, "train")
     with pytest.raises(ConfigError, match=r"^distill\.weights\.heatmap must be >= 0"):
         TrainConfig.from_dict({"distill": {"weights": {"heatmap": -1.0}}})
     with pytest.raises(ValueError, match=r"LossWeights\.instance must be >= 0"):
@@ -97,7 +93,7 @@ def test_non_positive_image_size_is_an_argparse_error_naming_the_flag(argv, flag
 @pytest.mark.parametrize("argv", [["--unlabelled-cache", "somewhere"], ["--unlabelled-split", "mini_train"]])
 def test_unlabelled_options_without_unlabelled_dataroot_are_refused(argv, capsys):
     rc, out, err = _print_config(capsys, *argv)
-    assert rc == 2 and out == "" and f"{argv[0]} needs --unlabelled-dataroot" in _one_line(err)
+    assert rc == 2 and out == "" and f"{argv[0]} needs --unlabelled-dataroot" in one_line(err, "train")
 
 
 def _train(dataroot, out, *extra: str) -> list[str]:
@@ -109,14 +105,14 @@ def test_resume_with_nothing_to_resume_is_refused(synth_dataroot, tmp_path, caps
     out = tmp_path / "fresh"
     rc = main(_train(synth_dataroot, out, "--steps", "1", "--resume"))
     err = capsys.readouterr().err
-    assert rc == 2 and f"nothing to resume in {out}: no checkpoints/last.pt" in _one_line(err)
+    assert rc == 2 and f"nothing to resume in {out}: no checkpoints/last.pt" in one_line(err, "train")
     assert "drop --resume" in err and not out.exists()
     # a run stopped before its first checkpoint left its log: the way on is --overwrite (plain would be refused)
     out.mkdir()
     (out / "train_log.jsonl").write_text('{"step": 1}\n')
     rc = main(_train(synth_dataroot, out, "--steps", "1", "--resume"))
     err = capsys.readouterr().err
-    assert rc == 2 and "before its first checkpoint; pass --overwrite" in _one_line(err)
+    assert rc == 2 and "before its first checkpoint; pass --overwrite" in one_line(err, "train")
     assert (out / "train_log.jsonl").read_text() == '{"step": 1}\n' and not (out / "checkpoints").exists()
 
 
@@ -128,7 +124,7 @@ def test_run_folder_overlapping_the_cache_is_refused(where, synth_dataroot, stud
     out = {"same": cache, "inside": cache / "run", "around": cache.parent}[where]
     rc = main(_train(synth_dataroot, out, "--cache", str(cache), "--steps", "1"))
     err = capsys.readouterr().err
-    assert rc == 2 and f"run folder {out} and cache {cache} overlap" in _one_line(err)
+    assert rc == 2 and f"run folder {out} and cache {cache} overlap" in one_line(err, "train")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
@@ -140,7 +136,7 @@ def test_resume_with_another_config_names_the_keys_that_differ(synth_dataroot, t
     saved = checkpoint.read_bytes()
     rc = main(_train(synth_dataroot, out, "--steps", "400", "--resume", "--set", "student.bev_channels=64",
                      "--set", "distill.weights.depth_bce=1.0"))
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err, "train")
     assert rc == 2 and f"cannot resume {checkpoint}" in err
     assert "student.bev_channels: 32 in the checkpoint, 64 now" in err
     assert "distill.weights.depth_bce: 3.0 in the checkpoint, 1.0 now" in err and "steps" in err

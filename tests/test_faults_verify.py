@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line
 from test_cache_roundtrip import make_cache, write
 
 from pipeline.cli import main
@@ -44,12 +45,6 @@ def cache(pristine, tmp_path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "cache"))
 
 
-def _one_line(err: str, command: str) -> str:
-    assert err.startswith(f"bevkd {command}: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
-
-
 def _verify(cache: Path, capsys) -> tuple[int, str]:
     code = main(["verify", str(cache), "--no-progress"])
     captured = capsys.readouterr()
@@ -69,7 +64,7 @@ def test_verify_exit_codes_complete_incomplete_not_a_cache(cache, tmp_path, caps
     assert _verify(cache, capsys)[0] == 0
     (tmp_path / "empty").mkdir()
     assert main(["verify", str(tmp_path / "empty"), "--no-progress"]) == 2
-    _one_line(capsys.readouterr().err, "verify")
+    one_line(capsys.readouterr().err, "verify")
     (cache / manifest.fragment_key(1)).unlink()
     assert _verify(cache, capsys)[0] == 3
 
@@ -91,7 +86,7 @@ def test_truncated_manifest_fragment_is_named(cache, capsys, compacted):
 
     for cmd in (["compact", str(cache)], *([] if compacted else [["inspect", str(cache)]])):
         assert main(cmd) == 2
-        err = _one_line(capsys.readouterr().err, cmd[0])
+        err = one_line(capsys.readouterr().err, cmd[0])
         assert f"manifest fragment {frag} unreadable" in err
     assert not (cache / manifest.COMPACTED_KEY).exists() or compacted  # compact wrote nothing
     if not compacted:  # the compacted copy still holds shard 1's rows; without it the reader names the file
@@ -122,7 +117,7 @@ def test_schema_field_of_wrong_type_is_one_line_naming_file_and_field(cache, cap
     meta = _edit_schema(cache, lambda s: s["grid"].__setitem__("voxel_size", "big"))
     for cmd in (["verify", str(cache), "--no-progress"], ["inspect", str(cache)], ["compact", str(cache)]):
         assert main(cmd) == 2
-        err = _one_line(capsys.readouterr().err, cmd[0])
+        err = one_line(capsys.readouterr().err, cmd[0])
         assert f"CacheMetadataError: cache {cache}: {meta} field grid.voxel_size: needs 3 numbers, got 'big'" in err
     with pytest.raises(CacheMetadataError, match="field grid.voxel_size"):
         CacheReader(cache)
@@ -137,7 +132,7 @@ def test_schema_field_of_wrong_type_is_one_line_naming_file_and_field(cache, cap
 def test_other_broken_schema_fields_are_named(cache, capsys, edit, field):
     meta = _edit_schema(cache, edit)
     assert main(["verify", str(cache), "--no-progress"]) == 2
-    err = _one_line(capsys.readouterr().err, "verify")
+    err = one_line(capsys.readouterr().err, "verify")
     assert f"{meta} {field}" in err, err
 
 
@@ -148,7 +143,7 @@ def test_unsupported_schema_version_is_refused(cache, capsys):
     (cache / manifest.COMPACTED_KEY).unlink()
     for cmd in (["verify", str(cache), "--no-progress"], ["inspect", str(cache)], ["compact", str(cache)]):
         assert main(cmd) == 2
-        err = _one_line(capsys.readouterr().err, cmd[0])
+        err = one_line(capsys.readouterr().err, cmd[0])
         assert f"CacheMismatchError: cache {cache}: schema version 99 in {meta}" in err
         assert "reads version 1" in err
     assert not (cache / manifest.COMPACTED_KEY).exists()  # compact wrote nothing into it
@@ -213,14 +208,14 @@ def test_unreachable_s3_endpoint_is_one_line(fresh_s3fs, monkeypatch, capsys):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     for cmd in ("inspect", "verify"):
         assert main([cmd, "s3://nobucket/cache", *(["--no-progress"] if cmd == "verify" else [])]) == 2
-        err = _one_line(capsys.readouterr().err, cmd)
+        err = one_line(capsys.readouterr().err, cmd)
         assert "cannot read s3://nobucket/cache/zarr.json" in err and "EndpointConnectionError" in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
 def test_missing_fsspec_backend_says_what_to_install(capsys):
     assert main(["inspect", "gs://foo/bar"]) == 2
-    err = _one_line(capsys.readouterr().err, "inspect")
+    err = one_line(capsys.readouterr().err, "inspect")
     assert "cache gs://foo/bar: cannot open gs:// locations" in err and "pip install gcsfs" in err
     assert main(["verify", "nosuchproto://foo/bar", "--no-progress"]) == 2
-    assert "cannot open nosuchproto:// locations" in _one_line(capsys.readouterr().err, "verify")
+    assert "cannot open nosuchproto:// locations" in one_line(capsys.readouterr().err, "verify")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from cli_checks import one_line
 from pipeline.cli import main
 from pipeline.cmd_train import _resolve_dataset, add_arguments, eval_split
 from storage.cache import CacheReader
@@ -23,11 +24,6 @@ from student.model.resnet import ResNet, load_backbone_weights
 from student.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
-
-
-def _one_line(err: str) -> str:
-    assert err.startswith("bevkd train: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -80,7 +76,7 @@ def test_print_config_applies_file_flags_and_dotted_overrides(tmp_path, capsys):
 def test_bad_config_or_flag_is_one_line_on_stderr(argv, needle, capsys):
     rc = main(["train", "--student", "tiny", "--print-config", *argv])
     out, err = capsys.readouterr()
-    assert rc == 2 and out == "" and needle in _one_line(err)
+    assert rc == 2 and out == "" and needle in one_line(err, "train")
 
 
 def test_split_and_version_default_to_the_cache_then_to_the_training_split(synth_dataroot, student_cache):
@@ -189,5 +185,5 @@ def test_corrupt_chunk_read_by_a_loader_worker_is_one_line(synth_dataroot, stude
     rc = main(["train", "--dataroot", str(synth_dataroot), "--cache", str(broken), "--out", str(tmp_path / "run"),
                "--student", "tiny", "--steps", "1", "--batch-size", "1", "--loader-workers", "1", "--no-eval",
                "--no-progress"])
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err, "train")
     assert rc == 2 and str(broken) in err and "sample " in err and "corrupt" in err
