@@ -15,9 +15,7 @@ own entries.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 from zarr.abc.store import Store
 from zarr.storage import LocalStore
@@ -38,30 +36,9 @@ def is_own_entry(name: str) -> bool:
     return name in OWN_PREFIXES or name in OWN_KEYS or _PARTIAL.fullmatch(name) is not None
 
 
-def top_entries(store: Store) -> list[str]:
-    """Names of the store's top-level entries (files and folders; hidden ones and empty folders
-    too in a local folder), sorted; empty for an absent location.
-
-    Raises:
-        NotADirectoryError: a local location that is a file.
-    """
-    if isinstance(store, LocalStore):
-        root = Path(store.root)
-        if root.is_file():
-            raise NotADirectoryError(f"{root} is a file, not a cache directory")
-        if not root.is_dir():
-            return []
-        with os.scandir(root) as entries:
-            return sorted(e.name for e in entries)
-
-    async def collect() -> list[str]:
-        return [name.rstrip("/") async for name in store.list_dir("")]
-    return sorted(set(sync(collect())))
-
-
 def foreign_entries(store: Store) -> list[str]:
     """Top-level entries of the location that are not the cache's own (:func:`is_own_entry`), sorted."""
-    return [name for name in top_entries(store) if not is_own_entry(name)]
+    return [name for name in stores.top_entries(store) if not is_own_entry(name)]
 
 
 def check_overwritable(store: Store) -> None:
@@ -85,7 +62,7 @@ def check_overwritable(store: Store) -> None:
 
 def delete_own_entries(store: Store) -> None:
     """Delete the cache's own top-level entries (:func:`is_own_entry`) and nothing else."""
-    for name in top_entries(store):
+    for name in stores.top_entries(store):
         if not is_own_entry(name):
             continue
         if name in OWN_PREFIXES and not isinstance(store, LocalStore):

@@ -168,6 +168,18 @@ def list_prefix(store: Store, prefix: str) -> list[str]:
     return sorted(sync(collect()))
 
 
+def _local_dir(store: LocalStore) -> Path | None:
+    """The folder of a local store, or None when it does not exist.
+
+    Raises:
+        NotADirectoryError: the location is a file.
+    """
+    root = Path(store.root)
+    if root.is_file():
+        raise NotADirectoryError(f"{root} is a file, not a cache directory")
+    return root if root.is_dir() else None
+
+
 def first_entry(store: Store) -> str | None:
     """One entry (file or folder name) at the store's top level, or None if it is empty or absent.
 
@@ -175,10 +187,8 @@ def first_entry(store: Store) -> str | None:
         NotADirectoryError: a local location that is a file.
     """
     if isinstance(store, LocalStore):
-        root = Path(store.root)
-        if root.is_file():
-            raise NotADirectoryError(f"{root} is a file, not a cache directory")
-        if not root.is_dir():
+        root = _local_dir(store)
+        if root is None:
             return None
         with os.scandir(root) as entries:  # also sees empty folders, links, hidden files
             return next((e.name for e in entries), None)
@@ -188,3 +198,22 @@ def first_entry(store: Store) -> str | None:
             return key
         return None
     return sync(first())
+
+
+def top_entries(store: Store) -> list[str]:
+    """Names of the store's top-level entries (files and folders; hidden ones and empty folders
+    too in a local folder), sorted; empty for an absent location.
+
+    Raises:
+        NotADirectoryError: a local location that is a file.
+    """
+    if isinstance(store, LocalStore):
+        root = _local_dir(store)
+        if root is None:
+            return []
+        with os.scandir(root) as entries:
+            return sorted(e.name for e in entries)
+
+    async def collect() -> list[str]:
+        return [name.rstrip("/") async for name in store.list_dir("")]
+    return sorted(set(sync(collect())))
