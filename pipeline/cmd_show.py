@@ -32,19 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a Rerun recording instead of the PNG: the sample's whole scene on a timeline "
                              "(one step per sample, by timestamp; with the dataset) or the one sample (without); "
                              "open it with `rerun FILE`. Needs `pip install bevkd[viz]`")
-    add_reader_arguments(parser)
-    for action in parser._actions:  # the cache's own dataset by default: resolved in run() (_default_dataset)
-        if action.dest == "version":
-            action.default = None
-            action.help = "nuScenes table version folder (default: the cache's recorded version, else v1.0-mini)"
-        elif action.dest == "split":
-            action.default = None
-            action.help = ("nuScenes devkit split, or 'all' for every scene in the tables (default: the split the "
-                           "cache was built on, else mini_val)")
-        elif action.dest == "frames":
-            action.default = None
-            action.help = ("with --dataroot: keyframes, sweeps (unannotated camera sweeps) or all (default: the "
-                           "cache's recorded frames, else keyframes)")
+    add_reader_arguments(parser, resolved_later={  # the cache's own dataset by default: run() (_default_dataset)
+        "version": "nuScenes table version folder (default: the cache's recorded version, else v1.0-mini)",
+        "split": ("nuScenes devkit split, or 'all' for every scene in the tables (default: the split the cache was "
+                  "built on, else mini_val)"),
+        "frames": ("with --dataroot: keyframes, sweeps (unannotated camera sweeps) or all (default: the cache's "
+                   "recorded frames, else keyframes)")})
     parser.epilog = ("Give the dataset the cache was made from (--dataroot/--info) to also draw GT boxes, "
                      "LiDAR points and the camera images under the depth targets; with --dataroot, the cache's "
                      "recorded version, split and frames are the defaults.")

@@ -37,14 +37,10 @@ _FLAG_FIELDS = {"epochs": "epochs", "steps": "steps", "batch_size": "batch_size"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.dataset_args import add_reader_arguments
 
-    add_reader_arguments(parser)
-    for action in parser._actions:  # training's own defaults: resolved in run() (cache, then the version's pair)
-        if action.dest == "version":
-            action.default, action.help = None, "nuScenes table version folder (default: the cache's, else v1.0-mini)"
-        elif action.dest == "split":
-            action.default = None
-            action.help = ("devkit split trained on (default: the cache's recorded split, else mini_train for "
-                           "v1.0-mini, train for v1.0-trainval)")
+    add_reader_arguments(parser, resolved_later={  # training's own defaults: resolved in run() (cache, then pair)
+        "version": "nuScenes table version folder (default: the cache's, else v1.0-mini)",
+        "split": ("devkit split trained on (default: the cache's recorded split, else mini_train for v1.0-mini, "
+                  "train for v1.0-trainval)")})
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="teacher-target cache of the training split (refused if its schema version or dataset "
                              "(id, version, split) differ, or it lacks a target the losses need); its BEV grid may "

@@ -46,23 +46,31 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_reader_arguments(parser: argparse.ArgumentParser, box_check: bool = False) -> None:
+def add_reader_arguments(parser: argparse.ArgumentParser, box_check: bool = False,
+                         resolved_later: dict[str, str] | None = None) -> None:
     """Add ``--dataroot/--version/--split/--scenes`` (nuScenes) or ``--info [--info-root]`` (mmdet3d)
     and ``--sweeps``/``--frames`` to ``parser``.
 
     With ``box_check``, also ``--skip-box-check``: :func:`reader_from_args` then runs
     :func:`storage.box_convention.check_box_convention` on the reader and refuses a dataset whose
-    boxes disagree with its LiDAR points (the cache command)."""
+    boxes disagree with its LiDAR points (the cache command).
+
+    ``resolved_later`` maps a flag's dest (``version``, ``split``, ``frames``) to its help text for a
+    command that resolves the default itself (from a cache's recorded dataset): the flag's default
+    is then None."""
+    later = resolved_later or {}
     g = parser.add_argument_group("dataset (give --dataroot for nuScenes or --info for mmdet3d)")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--dataroot", metavar="DIR",
                      help="nuScenes dataroot holding <version>/*.json, samples/ and sweeps/ (real or `bevkd synth`)")
     src.add_argument("--info", metavar="FILE",
                      help="mmdetection3d info pickle (info_version 1.1 or v0.x) instead of a nuScenes dataroot")
-    g.add_argument("--version", default="v1.0-mini", help="nuScenes table version folder (default: %(default)s)")
-    g.add_argument("--split", default="mini_val",
-                   help="nuScenes devkit split: mini_val, mini_train, train, val, ..., or 'all' for every scene in "
-                        "the tables (a custom nuScenes-format dataset with its own scene names; default: %(default)s)")
+    g.add_argument("--version", default=None if "version" in later else "v1.0-mini",
+                   help=later.get("version", "nuScenes table version folder (default: %(default)s)"))
+    g.add_argument("--split", default=None if "split" in later else "mini_val",
+                   help=later.get("split", "nuScenes devkit split: mini_val, mini_train, train, val, ..., or 'all' "
+                                  "for every scene in the tables (a custom nuScenes-format dataset with its own scene "
+                                  "names; default: %(default)s)"))
     g.add_argument("--scenes", metavar="FILE", default=None,
                    help="with --dataroot: read the scenes named in FILE (one name per line, '#' comments) instead of "
                         "--split")
@@ -72,9 +80,11 @@ def add_reader_arguments(parser: argparse.ArgumentParser, box_check: bool = Fals
                    help=argparse.SUPPRESS)
     g.add_argument("--sweeps", type=int, default=0,
                    help="past LiDAR sweeps merged into each sample's points (default: %(default)s)")
-    g.add_argument("--frames", choices=("keyframes", "sweeps", "all"), default="keyframes",
-                   help="with --dataroot: annotated keyframes, unannotated non-keyframe camera sweeps (keyed by the "
-                        "CAM_FRONT sample_data token, nearest LiDAR sweep), or all (default: %(default)s)")
+    g.add_argument("--frames", choices=("keyframes", "sweeps", "all"),
+                   default=None if "frames" in later else "keyframes",
+                   help=later.get("frames", "with --dataroot: annotated keyframes, unannotated non-keyframe camera "
+                                  "sweeps (keyed by the CAM_FRONT sample_data token, nearest LiDAR sweep), or all "
+                                  "(default: %(default)s)"))
     if box_check:
         g.add_argument("--skip-box-check", action="store_true",
                        help="do not refuse a dataset whose GT boxes disagree with num_lidar_pts (the check counts "
