@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SampleError(Exception):
     """A sample's input is missing or broken.
@@ -117,3 +119,15 @@ class CacheWriteError(OSError):
 
     def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
         return str(self.strerror)
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters: the "(got ...)" part of a one-line input error."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def numbers_phrase(shape: tuple[int, ...]) -> str:
+    """What a numeric field of ``shape`` should be, for an error: ``"4 numbers"``, ``"3x3 numbers"``,
+    ``"Nx7 numbers"`` (``-1``: any length), ``"a number"`` for ``()``."""
+    return "x".join("N" if n == -1 else str(n) for n in shape) + " numbers" if shape else "a number"

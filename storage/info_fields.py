@@ -16,18 +16,9 @@ from typing import Any
 import numpy as np
 
 from storage.arrays import Float64Array
-from storage.errors import SampleError
+from storage.errors import SampleError, numbers_phrase, short_repr
 
 _REQUIRED: Any = object()
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _what(shape: tuple[int, ...]) -> str:
-    return "x".join("N" if n == -1 else str(n) for n in shape) + " numbers" if shape else "a number"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +62,7 @@ class InfoFields:
         """
         value = self.raw(key)
         if not isinstance(value, dict):
-            raise self.error(key, f"is not a dict (got {_short(value)})")
+            raise self.error(key, f"is not a dict (got {short_repr(value)})")
         return InfoFields(record=value, sample_token=self.sample_token, info_path=self.info_path,
                           prefix=f"{self.prefix}{key}.")
 
@@ -83,10 +74,10 @@ class InfoFields:
         """
         value = self.raw(key, [])
         if not isinstance(value, (list, tuple)):
-            raise self.error(key, f"is not a list (got {_short(value)})")
+            raise self.error(key, f"is not a list (got {short_repr(value)})")
         for i, item in enumerate(value):
             if not isinstance(item, dict):
-                raise self.error(f"{key}[{i}]", f"is not a dict (got {_short(item)})")
+                raise self.error(f"{key}[{i}]", f"is not a dict (got {short_repr(item)})")
             yield InfoFields(record=item, sample_token=self.sample_token, info_path=self.info_path,
                              prefix=f"{self.prefix}{key}[{i}].")
 
@@ -98,7 +89,7 @@ class InfoFields:
         """
         value = self.raw(key)
         if not isinstance(value, str) or not value:
-            raise self.error(key, f"is not a file name (got {_short(value)})")
+            raise self.error(key, f"is not a file name (got {short_repr(value)})")
         return str(value)
 
     def numbers(self, key: str, shape: tuple[int, ...], default: Any = _REQUIRED, *,
@@ -114,11 +105,11 @@ class InfoFields:
         try:
             a = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
-            raise self.error(key, f"is not {_what(shape)} (got {_short(value)})") from None
+            raise self.error(key, f"is not {numbers_phrase(shape)} (got {short_repr(value)})") from None
         if crop and a.ndim == len(shape) and all(n >= s for n, s in zip(a.shape, shape, strict=True)):
             a = a[tuple(slice(0, s) for s in shape)].copy()
         if a.ndim != len(shape) or any(s not in (-1, n) for n, s in zip(a.shape, shape, strict=True)):
-            raise self.error(key, f"is not {_what(shape)} (got {_short(value)})")
+            raise self.error(key, f"is not {numbers_phrase(shape)} (got {short_repr(value)})")
         return a
 
     def quaternion(self, key: str) -> Float64Array:
@@ -129,7 +120,7 @@ class InfoFields:
         """
         q = self.numbers(key, (4,))
         if not np.linalg.norm(q) > 0:
-            raise self.error(key, f"is not a rotation quaternion (got {_short(self.raw(key))})")
+            raise self.error(key, f"is not a rotation quaternion (got {short_repr(self.raw(key))})")
         return q
 
     def integer(self, key: str, default: Any = _REQUIRED) -> int:
@@ -140,7 +131,7 @@ class InfoFields:
         """
         value = self.numbers(key, (), default)
         if not np.isfinite(value) or value != np.round(value):
-            raise self.error(key, f"is not a whole number (got {_short(self.raw(key, default))})")
+            raise self.error(key, f"is not a whole number (got {short_repr(self.raw(key, default))})")
         return int(value)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from storage.arrays import Float64Array
-from storage.errors import DatasetTableError, SampleError
+from storage.errors import DatasetTableError, SampleError, numbers_phrase, short_repr
 
 #: Foreign keys of the v1.0 schema: (table, field) -> referenced table.
 FOREIGN_KEYS = {
@@ -84,16 +84,16 @@ def numeric_field(rec: dict[str, Any], table: str, fld: str, shape: tuple[int, .
         NuScenesTableError: the same without ``sample_token``: ``<path>: record <row> field <field> ...``.
     """
     require_fields(rec, table, (fld,), table_root, sample_token)
-    what = "x".join(map(str, shape)) + " numbers" if shape else "a number"
+    what = numbers_phrase(shape)
     problem = ""
     try:
         value = np.asarray(rec[fld], dtype=np.float64)
     except (TypeError, ValueError):
-        value, problem = np.zeros(shape), f"is not {what} (got {_short(rec[fld])})"
+        value, problem = np.zeros(shape), f"is not {what} (got {short_repr(rec[fld])})"
     if not problem and value.shape != shape:
-        problem = f"is not {what} (got {_short(rec[fld])})"
+        problem = f"is not {what} (got {short_repr(rec[fld])})"
     elif not problem and not np.isfinite(value).all():
-        problem = f"is not {what}: not finite (got {_short(rec[fld])})"
+        problem = f"is not {what}: not finite (got {short_repr(rec[fld])})"
     elif not problem and fld == "rotation" and shape == (4,) and not np.linalg.norm(value) > 0:
         problem = "is a zero quaternion"
     if problem:
@@ -102,11 +102,6 @@ def numeric_field(rec: dict[str, Any], table: str, fld: str, shape: tuple[int, .
             raise SampleError(sample_token, f"{table}.{fld}", f"{problem} in record {row}", path)
         raise NuScenesTableError(f"{path}: record {row} field {fld} {problem}", path=path, row_token=row, field=fld)
     return value
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def explain_broken_tables(table_root: str) -> None:
